@@ -1,0 +1,54 @@
+//! `circ`: one command-line entry point, one subcommand per component.
+//!
+//! `main` only parses arguments, sets up logging and hands over to the
+//! component's module; the work lives in the libraries.
+#![forbid(unsafe_code)]
+
+mod lab;
+mod xen;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "circ", version, about = "Circular: a Xen toolstack extension")]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `debug` or `circ_lab=trace`.
+    #[arg(long, global = true, env = "CIRC_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect the Xen host this dom0 runs on.
+    #[command(subcommand)]
+    Xen(xen::XenCommand),
+    /// Build and run the real-Xen lab (Xen + dom0 under QEMU).
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let result = match cli.command {
+        Command::Xen(cmd) => xen::run(cmd),
+        Command::Lab(cmd) => lab::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("circ: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

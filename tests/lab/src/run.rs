@@ -1,0 +1,270 @@
+//! Running one scenario: Xen + dom0 under QEMU, events from the serial console.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::artifacts::{copy, mkdir, remove_dir, write};
+use crate::command::{cmd, describe, run as run_cmd, tail};
+use crate::events::{Event, Report};
+use crate::{Artifacts, LabConfig, LabError, Result};
+
+/// Console lines after which nothing good can follow: stop at once.
+const FATAL_CONSOLE_PATTERNS: &[&str] = &["Panic on CPU", "Kernel panic - not syncing"];
+/// How long dom0 gets to reboot the machine (and so end QEMU) after the scenario ended.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+
+/// What to run and where to keep its logs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: String,
+    /// Each run gets a fresh directory under this one.
+    pub runs_dir: PathBuf,
+    /// Host binaries copied into dom0's `/lab/bin` (the freshly built `circ`, daemons).
+    pub binaries: Vec<PathBuf>,
+}
+
+/// Boots the lab and runs `opts.scenario`. Returns the report whether or not
+/// the scenario passed (see [`Report::failure`]); errors mean the run itself
+/// could not be set up.
+pub fn run(config: &LabConfig, artifacts: &Artifacts, opts: &RunOptions) -> Result<(Report, PathBuf)> {
+    let lab = config.lab_dir();
+    let scenario = lab.join("scenarios").join(format!("{}.sh", opts.scenario));
+    if !scenario.is_file() {
+        return Err(LabError::UnknownScenario {
+            name: opts.scenario.clone(),
+            path: scenario,
+        });
+    }
+    let run_dir = new_run_dir(&opts.runs_dir, &opts.scenario, &artifacts.flavor.to_string())?;
+    tracing::info!(run_dir = %run_dir.display(), "run directory");
+
+    let payload = run_dir.join("payload.img");
+    build_payload(config, artifacts, opts, &scenario, &run_dir, &payload)?;
+
+    let serial = run_dir.join("serial.log");
+    write(&serial, b"")?;
+    let mut qemu = qemu_command(config, artifacts, &payload, &serial);
+    let qemu_log = File::create(run_dir.join("qemu.log")).map_err(LabError::io(&run_dir))?;
+    let qemu_err = qemu_log.try_clone().map_err(LabError::io(&run_dir))?;
+    qemu.stdin(Stdio::null()).stdout(qemu_log).stderr(qemu_err);
+    write(&run_dir.join("qemu.cmdline"), describe(&qemu).as_bytes())?;
+    tracing::info!(xen = %artifacts.flavor, scenario = %opts.scenario, "booting Xen under QEMU");
+    let child = qemu.spawn().map_err(|source| LabError::Spawn {
+        command: describe(&qemu),
+        source,
+    })?;
+
+    let mut report = Report {
+        scenario: opts.scenario.clone(),
+        xen: artifacts.flavor.to_string(),
+        events: Vec::new(),
+    };
+    let timeout = Duration::from_secs(config.run.timeout_secs);
+    let outcome = watch(KillOnDrop(child), &serial, timeout, &mut report);
+    if let Err(reason) = outcome {
+        report.events.push((0.0, Event::Fatal { reason }));
+    }
+
+    extract_outputs(&payload, &run_dir);
+    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    write(&run_dir.join("report.json"), &json)?;
+    Ok((report, run_dir))
+}
+
+/// The last lines of a run's serial console, for failure messages.
+pub fn console_tail(run_dir: &Path, bytes: usize) -> String {
+    std::fs::read(run_dir.join("serial.log"))
+        .map(|b| tail(&String::from_utf8_lossy(&b), bytes))
+        .unwrap_or_default()
+}
+
+fn new_run_dir(runs_dir: &Path, scenario: &str, flavor: &str) -> Result<PathBuf> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let dir = runs_dir.join(format!("{stamp}-{scenario}-{flavor}"));
+    mkdir(&dir)?;
+    Ok(dir)
+}
+
+/// The second disk dom0 sees (`/dev/vdb`, mounted at `/lab`): the lab init,
+/// the scenario, the binaries under test and the guests' boot files. The
+/// scenario writes its outputs to `/lab/out`, read back after the run.
+fn build_payload(
+    config: &LabConfig,
+    artifacts: &Artifacts,
+    opts: &RunOptions,
+    scenario: &Path,
+    run_dir: &Path,
+    image: &Path,
+) -> Result<()> {
+    let lab = config.lab_dir();
+    let stage = run_dir.join("payload");
+    for dir in ["bin", "guest", "boot", "out"] {
+        mkdir(&stage.join(dir))?;
+    }
+    copy(&lab.join("dom0/init"), &stage.join("init"))?;
+    copy(&lab.join("dom0/lib.sh"), &stage.join("lib.sh"))?;
+    copy(scenario, &stage.join("scenario.sh"))?;
+    write(&stage.join("scenario.name"), opts.scenario.as_bytes())?;
+    write(&stage.join("xen.flavor"), artifacts.flavor.to_string().as_bytes())?;
+    for binary in &opts.binaries {
+        let name = binary.file_name().ok_or_else(|| LabError::MissingArtifact {
+            what: "binary file name".into(),
+            path: binary.clone(),
+        })?;
+        copy(binary, &stage.join("bin").join(name))?;
+    }
+    copy(&artifacts.vmlinuz, &stage.join("guest/vmlinuz"))?;
+    copy(&artifacts.guest_initrd, &stage.join("guest/initrd.gz"))?;
+    // What the machine booted, for scenarios that measure it.
+    copy(&artifacts.xen, &stage.join("boot/xen"))?;
+    copy(&artifacts.vmlinuz, &stage.join("boot/vmlinuz"))?;
+    copy(&artifacts.dom0_initramfs, &stage.join("boot/initramfs.gz"))?;
+    run_cmd(&mut cmd("chmod", ["-R".as_ref(), "a+rX,u+w".as_ref(), stage.as_os_str()]))?;
+    run_cmd(&mut cmd("chmod", ["0755".as_ref(), stage.join("init").as_os_str()]))?;
+    run_cmd(&mut cmd(
+        "mke2fs",
+        [
+            "-q".as_ref(),
+            "-t".as_ref(),
+            "ext4".as_ref(),
+            "-L".as_ref(),
+            "circ-lab".as_ref(),
+            "-d".as_ref(),
+            stage.as_os_str(),
+            image.as_os_str(),
+            format!("{}M", config.machine.payload_size_mib).as_ref(),
+        ],
+    ))?;
+    remove_dir(&stage)
+}
+
+fn qemu_command(config: &LabConfig, artifacts: &Artifacts, payload: &Path, serial: &Path) -> Command {
+    let machine = &config.machine;
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg,thread=multi"])
+        .args(["-smp", &machine.cpus.to_string()])
+        .args(["-cpu", &machine.cpu])
+        .args(["-m", &machine.memory_mib.to_string()])
+        .args(["-display", "none", "-vga", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        // No NIC: nothing in the lab may reach beyond this machine.
+        .args(["-nic", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&artifacts.xen)
+        .args(["-append", &machine.xen_cmdline])
+        .arg("-initrd")
+        // Multiboot modules: the dom0 kernel with its command line, then its initramfs.
+        .arg(format!(
+            "{} {},{}",
+            artifacts.vmlinuz.display(),
+            machine.dom0_cmdline,
+            artifacts.dom0_initramfs.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio,snapshot=on", artifacts.rootfs.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", payload.display()));
+    qemu
+}
+
+/// Ends QEMU on every path out of [`watch`], including errors and panics.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Follows the serial console until the scenario ends and QEMU exits, the
+/// console shows a panic, or the time limit passes.
+fn watch(
+    mut qemu: KillOnDrop,
+    serial: &Path,
+    timeout: Duration,
+    report: &mut Report,
+) -> std::result::Result<(), String> {
+    let started = Instant::now();
+    let file = File::open(serial).map_err(|e| format!("cannot read {}: {e}", serial.display()))?;
+    let mut console = BufReader::new(file);
+    let mut partial = String::new();
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        // Read every complete line written so far.
+        loop {
+            let mut chunk = Vec::new();
+            match console.read_until(b'\n', &mut chunk) {
+                Ok(0) => break,
+                Ok(_) => partial.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(e) => return Err(format!("reading the console: {e}")),
+            }
+            if !partial.ends_with('\n') {
+                break;
+            }
+            let line = std::mem::take(&mut partial);
+            let line = line.trim_end();
+            if let Some(event) = Event::parse_line(line) {
+                log_event(&event);
+                if matches!(event, Event::End { .. } | Event::Fatal { .. }) {
+                    ended_at.get_or_insert_with(Instant::now);
+                }
+                report.events.push((started.elapsed().as_secs_f64(), event));
+            } else if let Some(pattern) = FATAL_CONSOLE_PATTERNS.iter().find(|p| line.contains(**p)) {
+                // Let the rest of the panic message reach the log first.
+                std::thread::sleep(Duration::from_secs(2));
+                return Err(format!("console shows `{pattern}`"));
+            }
+        }
+        match qemu.0.try_wait() {
+            Ok(Some(status)) if ended_at.is_some() => {
+                tracing::debug!(%status, "QEMU exited");
+                return Ok(());
+            }
+            Ok(Some(status)) => return Err(format!("QEMU exited ({status}) before the scenario ended")),
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+        }
+        if ended_at.is_some_and(|at| at.elapsed() > SHUTDOWN_GRACE) {
+            tracing::warn!("dom0 did not power the machine off after the scenario; killing QEMU");
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("time limit of {} s reached", timeout.as_secs()));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Boot { uptime_ms } => tracing::info!(dom0_uptime_ms = uptime_ms, "dom0 is up"),
+        Event::Check { name, ok, detail } => tracing::info!(check = %name, ok, %detail, "check"),
+        Event::Timing { name, ms } => tracing::info!(timing = %name, ms, "timing"),
+        Event::Info { name, value } => tracing::info!(info = %name, %value, "info"),
+        Event::End { status } => tracing::info!(status, "scenario ended"),
+        Event::Fatal { reason } => tracing::error!(%reason, "fatal"),
+    }
+}
+
+/// Copies `/out` of the payload disk (the scenario's logs) into the run directory.
+fn extract_outputs(payload: &Path, run_dir: &Path) {
+    let request = format!("rdump /out {}", run_dir.display());
+    let result = run_cmd(&mut cmd(
+        "debugfs",
+        ["-R".as_ref(), request.as_ref(), payload.as_os_str()],
+    ));
+    if let Err(err) = result {
+        tracing::warn!(%err, "could not read the scenario's outputs back");
+    }
+}
