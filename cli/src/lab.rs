@@ -69,7 +69,10 @@ impl Common {
             None => {
                 let cwd = std::env::current_dir().context("no current directory")?;
                 LabConfig::find_root(&cwd).with_context(|| {
-                    format!("{} is not inside a Circular checkout (use --root)", cwd.display())
+                    format!(
+                        "{} is not inside a Circular checkout (use --root)",
+                        cwd.display()
+                    )
                 })?
             }
         };
@@ -85,7 +88,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
                 let started = std::time::Instant::now();
                 let artifacts = circ_lab::build(&config, flavor)?;
                 print_artifacts(&artifacts);
-                println!("built lab for {flavor} Xen in {:.1} s", started.elapsed().as_secs_f64());
+                println!(
+                    "built lab for {flavor} Xen in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -97,6 +103,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let config = common.config()?;
+            circ_lab::scenario_script(&config, &scenario)?;
             let options = RunOptions {
                 scenario,
                 runs_dir: runs_dir.unwrap_or_else(|| config.root.join("lab-runs")),
@@ -130,8 +137,16 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_artifacts(artifacts: &Artifacts) {
-    println!("xen ({}):      {}", artifacts.flavor, artifacts.xen.display());
-    println!("kernel {}: {}", artifacts.kernel_version, artifacts.vmlinuz.display());
+    println!(
+        "xen ({}):      {}",
+        artifacts.flavor,
+        artifacts.xen.display()
+    );
+    println!(
+        "kernel {}: {}",
+        artifacts.kernel_version,
+        artifacts.vmlinuz.display()
+    );
     println!("dom0 initramfs: {}", artifacts.dom0_initramfs.display());
     println!("dom0 rootfs:    {}", artifacts.rootfs.display());
     println!("guest initrd:   {}", artifacts.guest_initrd.display());

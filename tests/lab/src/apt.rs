@@ -19,10 +19,11 @@ impl Package {
     /// that everything in the lab comes from one consistent suite.
     pub(crate) fn resolve(name: &str, suite: &str) -> Result<Self> {
         let madison = output(&mut cmd("apt-cache", ["madison", name]))?;
-        let version = version_in_suite(&madison, suite).ok_or_else(|| LabError::PackageNotFound {
-            package: name.to_owned(),
-            suite: suite.to_owned(),
-        })?;
+        let version =
+            version_in_suite(&madison, suite).ok_or_else(|| LabError::PackageNotFound {
+                package: name.to_owned(),
+                suite: suite.to_owned(),
+            })?;
         Ok(Package {
             name: name.to_owned(),
             version,
@@ -52,15 +53,19 @@ impl Package {
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .find(|p| {
                 p.extension().is_some_and(|e| e == "deb")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}_", self.name)))
+                    && p.file_name().is_some_and(|n| {
+                        n.to_string_lossy().starts_with(&format!("{}_", self.name))
+                    })
             })
             .ok_or_else(|| LabError::MissingArtifact {
                 what: format!("{}.deb", self.name),
                 path: dir.to_path_buf(),
             })?;
         let root = dir.join("root");
-        run(&mut cmd("dpkg-deb", ["-x".as_ref(), deb.as_os_str(), root.as_os_str()]))?;
+        run(&mut cmd(
+            "dpkg-deb",
+            ["-x".as_ref(), deb.as_os_str(), root.as_os_str()],
+        ))?;
         Ok(root)
     }
 }
@@ -112,7 +117,10 @@ xen-hypervisor-4.17-amd64 | 4.17.5+72-g01140da4e8-1 | http://deb.debian.org/debi
     #[test]
     fn follows_the_first_dependency() {
         let show = "Package: linux-image-amd64\nVersion: 6.1.176-1\nDepends: linux-image-6.1.0-50-amd64 (= 6.1.176-1)\n";
-        assert_eq!(first_dependency(show).as_deref(), Some("linux-image-6.1.0-50-amd64"));
+        assert_eq!(
+            first_dependency(show).as_deref(),
+            Some("linux-image-6.1.0-50-amd64")
+        );
         assert_eq!(first_dependency("Package: x\n"), None);
         assert_eq!(first_dependency("Depends: \n"), None);
     }

@@ -65,7 +65,8 @@ pub fn build(config: &LabConfig, flavor: XenFlavor) -> Result<Artifacts> {
     let cache = Cache::new(&config.cache_dir);
     let suite = &config.debian.suite;
 
-    let kernel_pkg = Package::resolve(&config.debian.kernel_package, suite)?.resolve_dependency(suite)?;
+    let kernel_pkg =
+        Package::resolve(&config.debian.kernel_package, suite)?.resolve_dependency(suite)?;
     let mut kernel_key = Key::new("kernel");
     kernel_key.text("package", &kernel_pkg.pinned());
     let kernel = cache.get_or_build("kernel", &kernel_key, |out| build_kernel(&kernel_pkg, out))?;
@@ -75,7 +76,9 @@ pub fn build(config: &LabConfig, flavor: XenFlavor) -> Result<Artifacts> {
     let mut busybox_key = Key::new("busybox");
     busybox_key.text("package", &busybox_pkg.pinned());
     let busybox = cache
-        .get_or_build("busybox", &busybox_key, |out| build_busybox(&busybox_pkg, out))?
+        .get_or_build("busybox", &busybox_key, |out| {
+            build_busybox(&busybox_pkg, out)
+        })?
         .join("busybox");
 
     let xen = match flavor {
@@ -91,7 +94,10 @@ pub fn build(config: &LabConfig, flavor: XenFlavor) -> Result<Artifacts> {
         .file(&lab.join("dom0/initramfs-init"))?;
     let dom0_initramfs = cache
         .get_or_build("dom0-initramfs", &initramfs_key, |out| {
-            let modules = find_modules(&kernel.join("modules").join(&kernel_version), DOM0_INITRAMFS_MODULES)?;
+            let modules = find_modules(
+                &kernel.join("modules").join(&kernel_version),
+                DOM0_INITRAMFS_MODULES,
+            )?;
             let stage = out.join("stage");
             stage_busybox_root(&stage, &busybox, &lab.join("dom0/initramfs-init"))?;
             let module_dir = stage.join("modules");
@@ -130,7 +136,12 @@ pub fn build(config: &LabConfig, flavor: XenFlavor) -> Result<Artifacts> {
         .file(&lab.join("dom0/rootfs-setup"))?;
     let rootfs = cache
         .get_or_build("dom0-rootfs", &rootfs_key, |out| {
-            build_rootfs(config, &kernel.join("modules"), &lab.join("dom0/rootfs-setup"), out)
+            build_rootfs(
+                config,
+                &kernel.join("modules"),
+                &lab.join("dom0/rootfs-setup"),
+                out,
+            )
         })?
         .join("rootfs.img");
 
@@ -199,7 +210,13 @@ fn stock_xen(config: &LabConfig, cache: &Cache) -> Result<PathBuf> {
 fn patched_xen(config: &LabConfig) -> Result<PathBuf> {
     let script = config.root.join("xen-patches/build.sh");
     let cache = config.cache_dir.join("xen-patched");
-    let stdout = output(cmd("bash", [script.as_os_str(), "--cache".as_ref(), cache.as_os_str()]).stderr(std::process::Stdio::inherit()))?;
+    let stdout = output(
+        cmd(
+            "bash",
+            [script.as_os_str(), "--cache".as_ref(), cache.as_os_str()],
+        )
+        .stderr(std::process::Stdio::inherit()),
+    )?;
     let path = stdout.lines().last().map(str::trim).unwrap_or_default();
     let path = PathBuf::from(path);
     if !path.is_file() {
@@ -226,7 +243,11 @@ fn build_rootfs(config: &LabConfig, modules: &Path, setup: &Path, out: &Path) ->
     ))?;
     run(&mut cmd(
         "cp",
-        ["-a".as_ref(), modules.as_os_str(), tree.join("lib/").as_os_str()],
+        [
+            "-a".as_ref(),
+            modules.as_os_str(),
+            tree.join("lib/").as_os_str(),
+        ],
     ))?;
     run(&mut cmd("bash", [setup.as_os_str(), tree.as_os_str()]))?;
     let image = out.join("rootfs.img");
@@ -254,7 +275,10 @@ fn stage_busybox_root(stage: &Path, busybox: &Path, init: &Path) -> Result<()> {
     }
     copy(busybox, &stage.join("bin/busybox"))?;
     copy(init, &stage.join("init"))?;
-    run(&mut cmd("chmod", ["0755".as_ref(), stage.join("init").as_os_str()]))
+    run(&mut cmd(
+        "chmod",
+        ["0755".as_ref(), stage.join("init").as_os_str()],
+    ))
 }
 
 /// Packs `stage` as a gzip'd newc cpio archive, the format Linux unpacks.
@@ -275,7 +299,10 @@ pub(crate) fn pack_cpio(stage: &Path, target: &Path) -> Result<()> {
 fn find_modules(tree: &Path, names: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let mut found = BTreeMap::new();
     walk(tree, &mut |path| {
-        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if let Some(stem) = file.strip_suffix(".ko") {
             found.insert(stem.replace('-', "_"), path.to_path_buf());
         }
@@ -341,7 +368,9 @@ pub(crate) fn mkdir(path: &Path) -> Result<()> {
 }
 
 pub(crate) fn copy(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).map(drop).map_err(LabError::io(from))
+    std::fs::copy(from, to)
+        .map(drop)
+        .map_err(LabError::io(from))
 }
 
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -385,7 +414,10 @@ mod tests {
         pack_cpio(&stage, &target).unwrap();
         let listing = output(&mut cmd(
             "sh",
-            ["-c", &format!("gzip -dc {} | cpio -it --quiet", target.display())],
+            [
+                "-c",
+                &format!("gzip -dc {} | cpio -it --quiet", target.display()),
+            ],
         ))
         .unwrap();
         assert!(listing.lines().any(|l| l == "init"), "{listing}");

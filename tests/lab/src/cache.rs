@@ -35,7 +35,10 @@ impl Key {
     /// Adds the contents of a file (a script, a patch).
     pub(crate) fn file(&mut self, path: &Path) -> Result<&mut Self> {
         let bytes = std::fs::read(path).map_err(LabError::io(path))?;
-        let label = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         self.0.update(label.as_bytes());
         self.0.update((bytes.len() as u64).to_le_bytes());
         self.0.update(&bytes);

@@ -64,7 +64,8 @@ impl LabConfig {
             path: path.clone(),
             source,
         })?;
-        let mut config = Self::parse(&text).map_err(|source| LabError::ConfigParse { path, source })?;
+        let mut config =
+            Self::parse(&text).map_err(|source| LabError::ConfigParse { path, source })?;
         config.root = root.to_path_buf();
         config.cache_dir = cache_dir;
         Ok(config)
@@ -100,8 +101,15 @@ mod tests {
     fn shipped_config_parses() {
         let config = LabConfig::parse(&shipped()).unwrap();
         assert_eq!(config.debian.suite, "bookworm");
-        assert!(config.debian.dom0_packages.iter().any(|p| p == "xen-utils-4.17"));
-        assert!(!config.machine.dom0_cmdline.contains(','), "QEMU splits -initrd on commas");
+        assert!(config
+            .debian
+            .dom0_packages
+            .iter()
+            .any(|p| p == "xen-utils-4.17"));
+        assert!(
+            !config.machine.dom0_cmdline.contains(','),
+            "QEMU splits -initrd on commas"
+        );
     }
 
     #[test]

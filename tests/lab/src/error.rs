@@ -21,7 +21,9 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` could not be started (is it installed? .ci/run installs the lab's tools)")]
+    #[error(
+        "`{command}` could not be started (is it installed? .ci/run installs the lab's tools)"
+    )]
     Spawn {
         command: String,
         #[source]

@@ -97,16 +97,21 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "scenario {} on {} Xen", self.scenario, self.xen);
         if let Some(secs) = self.boot_secs() {
-            let _ = writeln!(out, "  timing  xen+dom0 boot (QEMU start to dom0 init)  {secs:.1} s");
+            let _ = writeln!(
+                out,
+                "  timing  xen+dom0 boot (QEMU start to dom0 init)  {secs:.1} s"
+            );
         }
         for (_, event) in &self.events {
             let _ = match event {
                 Event::Check { name, ok, detail } => {
                     let verdict = if *ok { "ok  " } else { "FAIL" };
-                    if detail.is_empty() {
-                        writeln!(out, "  {verdict}    {name}")
-                    } else {
-                        writeln!(out, "  {verdict}    {name}: {detail}")
+                    // The first line says enough; checks.log in the run has the rest.
+                    match detail.lines().next() {
+                        Some(first) if !first.is_empty() => {
+                            writeln!(out, "  {verdict}    {name}: {first}")
+                        }
+                        _ => writeln!(out, "  {verdict}    {name}"),
                     }
                 }
                 Event::Timing { name, ms } => {
@@ -162,7 +167,10 @@ mod tests {
 
     #[test]
     fn passes_only_with_checks_all_ok_and_a_clean_end() {
-        assert_eq!(report(vec![check("a", true), Event::End { status: 0 }]).failure(), None);
+        assert_eq!(
+            report(vec![check("a", true), Event::End { status: 0 }]).failure(),
+            None
+        );
         assert!(report(vec![check("a", false), Event::End { status: 0 }])
             .failure()
             .unwrap()
@@ -179,16 +187,21 @@ mod tests {
             .failure()
             .unwrap()
             .contains("status 1"));
-        assert!(report(vec![Event::Fatal { reason: "no disk".into() }])
-            .failure()
-            .unwrap()
-            .contains("no disk"));
+        assert!(report(vec![Event::Fatal {
+            reason: "no disk".into()
+        }])
+        .failure()
+        .unwrap()
+        .contains("no disk"));
     }
 
     #[test]
     fn summary_lists_failures() {
         let text = report(vec![check("dom0 listed", false), Event::End { status: 0 }]).summary();
         assert!(text.contains("FAIL    dom0 listed"), "{text}");
-        assert!(text.ends_with("FAIL: failed checks: dom0 listed\n"), "{text}");
+        assert!(
+            text.ends_with("FAIL: failed checks: dom0 listed\n"),
+            "{text}"
+        );
     }
 }

@@ -22,7 +22,7 @@ pub use artifacts::{build, Artifacts, XenFlavor};
 pub use config::LabConfig;
 pub use error::LabError;
 pub use events::{Event, Report};
-pub use run::{console_tail, run, RunOptions};
+pub use run::{console_tail, run, scenario_script, RunOptions};
 
 /// Daemon binaries that, when built beside `circ`, are copied into dom0 too.
 pub const DAEMONS: &[&str] = &[];

@@ -30,16 +30,17 @@ pub struct RunOptions {
 /// Boots the lab and runs `opts.scenario`. Returns the report whether or not
 /// the scenario passed (see [`Report::failure`]); errors mean the run itself
 /// could not be set up.
-pub fn run(config: &LabConfig, artifacts: &Artifacts, opts: &RunOptions) -> Result<(Report, PathBuf)> {
-    let lab = config.lab_dir();
-    let scenario = lab.join("scenarios").join(format!("{}.sh", opts.scenario));
-    if !scenario.is_file() {
-        return Err(LabError::UnknownScenario {
-            name: opts.scenario.clone(),
-            path: scenario,
-        });
-    }
-    let run_dir = new_run_dir(&opts.runs_dir, &opts.scenario, &artifacts.flavor.to_string())?;
+pub fn run(
+    config: &LabConfig,
+    artifacts: &Artifacts,
+    opts: &RunOptions,
+) -> Result<(Report, PathBuf)> {
+    let scenario = scenario_script(config, &opts.scenario)?;
+    let run_dir = new_run_dir(
+        &opts.runs_dir,
+        &opts.scenario,
+        &artifacts.flavor.to_string(),
+    )?;
     tracing::info!(run_dir = %run_dir.display(), "run directory");
 
     let payload = run_dir.join("payload.img");
@@ -73,6 +74,21 @@ pub fn run(config: &LabConfig, artifacts: &Artifacts, opts: &RunOptions) -> Resu
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     write(&run_dir.join("report.json"), &json)?;
     Ok((report, run_dir))
+}
+
+/// The script of scenario `name` (`tests/lab/scenarios/NAME.sh`).
+pub fn scenario_script(config: &LabConfig, name: &str) -> Result<PathBuf> {
+    let path = config
+        .lab_dir()
+        .join("scenarios")
+        .join(format!("{name}.sh"));
+    if !path.is_file() || name.contains('/') {
+        return Err(LabError::UnknownScenario {
+            name: name.to_owned(),
+            path,
+        });
+    }
+    Ok(path)
 }
 
 /// The last lines of a run's serial console, for failure messages.
@@ -112,12 +128,17 @@ fn build_payload(
     copy(&lab.join("dom0/lib.sh"), &stage.join("lib.sh"))?;
     copy(scenario, &stage.join("scenario.sh"))?;
     write(&stage.join("scenario.name"), opts.scenario.as_bytes())?;
-    write(&stage.join("xen.flavor"), artifacts.flavor.to_string().as_bytes())?;
+    write(
+        &stage.join("xen.flavor"),
+        artifacts.flavor.to_string().as_bytes(),
+    )?;
     for binary in &opts.binaries {
-        let name = binary.file_name().ok_or_else(|| LabError::MissingArtifact {
-            what: "binary file name".into(),
-            path: binary.clone(),
-        })?;
+        let name = binary
+            .file_name()
+            .ok_or_else(|| LabError::MissingArtifact {
+                what: "binary file name".into(),
+                path: binary.clone(),
+            })?;
         copy(binary, &stage.join("bin").join(name))?;
     }
     copy(&artifacts.vmlinuz, &stage.join("guest/vmlinuz"))?;
@@ -126,8 +147,14 @@ fn build_payload(
     copy(&artifacts.xen, &stage.join("boot/xen"))?;
     copy(&artifacts.vmlinuz, &stage.join("boot/vmlinuz"))?;
     copy(&artifacts.dom0_initramfs, &stage.join("boot/initramfs.gz"))?;
-    run_cmd(&mut cmd("chmod", ["-R".as_ref(), "a+rX,u+w".as_ref(), stage.as_os_str()]))?;
-    run_cmd(&mut cmd("chmod", ["0755".as_ref(), stage.join("init").as_os_str()]))?;
+    run_cmd(&mut cmd(
+        "chmod",
+        ["-R".as_ref(), "a+rX,u+w".as_ref(), stage.as_os_str()],
+    ))?;
+    run_cmd(&mut cmd(
+        "chmod",
+        ["0755".as_ref(), stage.join("init").as_os_str()],
+    ))?;
     run_cmd(&mut cmd(
         "mke2fs",
         [
@@ -145,7 +172,12 @@ fn build_payload(
     remove_dir(&stage)
 }
 
-fn qemu_command(config: &LabConfig, artifacts: &Artifacts, payload: &Path, serial: &Path) -> Command {
+fn qemu_command(
+    config: &LabConfig,
+    artifacts: &Artifacts,
+    payload: &Path,
+    serial: &Path,
+) -> Command {
     let machine = &config.machine;
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg,thread=multi"])
@@ -169,7 +201,10 @@ fn qemu_command(config: &LabConfig, artifacts: &Artifacts, payload: &Path, seria
             artifacts.dom0_initramfs.display()
         ))
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio,snapshot=on", artifacts.rootfs.display()))
+        .arg(format!(
+            "file={},format=raw,if=virtio,snapshot=on",
+            artifacts.rootfs.display()
+        ))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", payload.display()));
     qemu
@@ -220,7 +255,8 @@ fn watch(
                     ended_at.get_or_insert_with(Instant::now);
                 }
                 report.events.push((started.elapsed().as_secs_f64(), event));
-            } else if let Some(pattern) = FATAL_CONSOLE_PATTERNS.iter().find(|p| line.contains(**p)) {
+            } else if let Some(pattern) = FATAL_CONSOLE_PATTERNS.iter().find(|p| line.contains(**p))
+            {
                 // Let the rest of the panic message reach the log first.
                 std::thread::sleep(Duration::from_secs(2));
                 return Err(format!("console shows `{pattern}`"));
@@ -231,7 +267,9 @@ fn watch(
                 tracing::debug!(%status, "QEMU exited");
                 return Ok(());
             }
-            Ok(Some(status)) => return Err(format!("QEMU exited ({status}) before the scenario ended")),
+            Ok(Some(status)) => {
+                return Err(format!("QEMU exited ({status}) before the scenario ended"))
+            }
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for QEMU: {e}")),
         }

@@ -1,0 +1,127 @@
+//! `circ xen ...`: look at the Xen host through Circular's own bindings.
+//!
+//! Thin by design: the data gathering and formatting live in `circ-hv`
+//! (`HostReport`) and `circ-xen` (handles, dom0 detection).
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use circ_hv::report::HostReport;
+use circ_hv::{Transaction, XenStore as _};
+use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
+use clap::Subcommand;
+
+/// Exit code when not running in a Xen dom0.
+const EXIT_NOT_DOM0: u8 = 2;
+
+#[derive(Debug, Subcommand)]
+pub enum XenCommand {
+    /// Xen version, host memory, memory sharing and the list of domains.
+    Info {
+        /// Print JSON (schema in circ-hv's `report` module) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read and watch xenstore through libxenstore.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Print a node's value.
+    Read { path: String },
+    /// Set a node's value (creating it and its parents).
+    Write { path: String, value: String },
+    /// List a node's children, one per line.
+    Ls {
+        path: String,
+        /// Print a JSON array instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the path of each change at or below PATH, one per line.
+    ///
+    /// The first line is xenstored's acknowledgement of the watch itself
+    /// (PATH), as with every xenstore watch.
+    Watch {
+        path: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+pub fn run(cmd: XenCommand) -> anyhow::Result<ExitCode> {
+    let result = match cmd {
+        XenCommand::Info { json } => info(json),
+        XenCommand::Store(cmd) => store(cmd),
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // One line, its own exit code: scripts tell "wrong place" from "failed".
+        Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
+            eprintln!("circ: {e}");
+            Ok(ExitCode::from(EXIT_NOT_DOM0))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn info(json: bool) -> anyhow::Result<()> {
+    let hv = XenHypervisor::open()?;
+    let xs = XenStoreHandle::open()?;
+    let report = HostReport::collect(&hv, &xs)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(report.to_table().as_bytes())?;
+    }
+    Ok(())
+}
+
+fn store(cmd: StoreCommand) -> anyhow::Result<()> {
+    circ_xen::check_dom0()?;
+    let xs = XenStoreHandle::open()?;
+    let tx = Transaction::NONE;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        StoreCommand::Read { path } => {
+            // Raw bytes: values are whatever the writer (maybe a guest) put there.
+            out.write_all(&xs.read(tx, &path)?)?;
+            writeln!(out)?;
+        }
+        StoreCommand::Write { path, value } => xs.write(tx, &path, value.as_bytes())?,
+        StoreCommand::Ls { path, json } => {
+            let children = xs.directory(tx, &path)?;
+            if json {
+                serde_json::to_writer(&mut out, &children)?;
+                writeln!(out)?;
+            } else {
+                for child in children {
+                    writeln!(out, "{child}")?;
+                }
+            }
+        }
+        StoreCommand::Watch { path, count } => {
+            let token = format!("circ-{}", std::process::id());
+            xs.watch(&path, &token)?;
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let event = xs.read_watch()?;
+                if event.token != token {
+                    continue;
+                }
+                writeln!(out, "{}", event.path)?;
+                out.flush()?;
+                seen += 1;
+            }
+            xs.unwatch(&path, &token)
+                .context("failed to remove the watch")?;
+        }
+    }
+    Ok(())
+}

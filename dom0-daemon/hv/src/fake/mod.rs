@@ -1,0 +1,23 @@
+//! In-process fakes of the traits, for unit tests of code built on them.
+//!
+//! They model the behaviour daemons depend on, not Xen's internals:
+//! - [`FakeHypervisor`]: domains with page contents; pause counts; memory
+//!   sharing with handles, copy-on-write and Xen's counters; nominate fails
+//!   with E2BIG while a [`FakeForeignMemory`] mapping of the page is alive.
+//! - [`FakeXenStore`]: nodes, watches (with the initial event), transactions
+//!   that fail with EAGAIN on conflict.
+//!
+//! Fakes never block: [`FakeXenStore`]'s `read_watch` fails with `Busy`
+//! when no event is queued.
+
+mod hypervisor;
+mod xenstore;
+
+pub use hypervisor::{FakeForeignMapping, FakeForeignMemory, FakeHypervisor};
+pub use xenstore::FakeXenStore;
+
+use crate::{Errno, HvError};
+
+fn os_err(what: impl Into<String>, errno: i32) -> HvError {
+    HvError::os(what.into(), Errno(errno))
+}

@@ -1,0 +1,27 @@
+//! The seams between Circular's daemons and the hypervisor.
+//!
+//! Daemons are written against the traits here ([`Hypervisor`], [`XenStore`],
+//! [`ForeignMemory`]) so their logic can be unit-tested with the in-process
+//! fakes in [`fake`] (cargo feature `fake`); `circ-xen` implements the traits
+//! over the real Xen libraries. Nothing here links against Xen.
+#![forbid(unsafe_code)]
+
+mod error;
+mod foreign;
+mod hypervisor;
+mod ids;
+pub mod populated;
+pub mod report;
+mod xenstore;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+
+pub use error::{Errno, ErrorKind, HvError};
+pub use foreign::{ForeignMapping, ForeignMemory, Placement, Protection};
+pub use hypervisor::{
+    pages_to_kib, DomainInfo, DomainState, DomainType, Hypervisor, PhysInfo, SharePage, VcpuRegs,
+    VirtCaps, XenVersion,
+};
+pub use ids::{DomId, Gfn, GfnRange, GrantRef, Mfn, SharingHandle, PAGE_SIZE};
+pub use xenstore::{Transaction, WatchEvent, XenStore};

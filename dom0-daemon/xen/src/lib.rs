@@ -1,0 +1,34 @@
+//! Safe handles over the Xen 4.17 toolstack libraries, implementing
+//! `circ-hv`'s traits for a real dom0.
+//!
+//! Each handle owns one library handle, closes it in `Drop`, and turns every
+//! failed call into an [`HvError`](circ_hv::HvError) carrying the errno read
+//! right after the call. `unsafe` lives here and in `circ-xen-sys` only.
+//!
+//! | handle | library | implements |
+//! |---|---|---|
+//! | [`XenHypervisor`] ([`XenCtrl`] + [`XenForeignMemory`]) | libxenctrl | `Hypervisor` |
+//! | [`XenForeignMemory`] | libxenforeignmemory | `ForeignMemory` |
+//! | [`XenStoreHandle`] | libxenstore | `XenStore` |
+//! | [`GrantTable`] | libxengnttab | - |
+//! | [`EventChannels`] | libxenevtchn | - |
+
+mod ctrl;
+mod dom0;
+mod domain;
+mod errno;
+mod evtchn;
+mod foreign;
+mod gnttab;
+mod hypervisor;
+mod logger;
+mod xenstore;
+
+pub use ctrl::XenCtrl;
+pub use dom0::{check_dom0, OpenError};
+pub use domain::{decode_state, decode_type};
+pub use evtchn::{EventChannels, Port};
+pub use foreign::{XenForeignMemory, XenMapping};
+pub use gnttab::{GrantCopy, GrantCopyError, GrantTable};
+pub use hypervisor::XenHypervisor;
+pub use xenstore::XenStoreHandle;
