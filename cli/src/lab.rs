@@ -157,7 +157,7 @@ fn binaries_under_test() -> anyhow::Result<Vec<PathBuf>> {
     let circ = std::env::current_exe().context("cannot locate the running circ binary")?;
     let dir = circ.parent().map(PathBuf::from).unwrap_or_default();
     let mut binaries = vec![circ];
-    for daemon in circ_lab::DAEMONS {
+    for daemon in circ_lab::DAEMONS.iter().chain(circ_lab::GUEST_BINARIES) {
         let path = dir.join(daemon);
         if path.is_file() {
             binaries.push(path);

@@ -4,11 +4,20 @@
 # the `@@circ-lab ` marker (see tests/lab/src/events.rs): checks, timings and
 # values. The host decides pass or fail from them.
 
-LAB_OUT=/lab/out
+#
+# The host half of a scenario (NAME.host.sh, run by the lab after the machine
+# is down, with LAB_HOST=1) sources this library too: there events go to
+# stdout, which the lab reads.
+
+LAB_OUT=${LAB_OUT:-/lab/out}
 
 # lab_event JSON: prints one event on the console and keeps a copy.
 lab_event() {
-    printf '@@circ-lab %s\n' "$1" >/dev/console
+    if [ -n "${LAB_HOST:-}" ]; then
+        printf '@@circ-lab %s\n' "$1"
+    else
+        printf '@@circ-lab %s\n' "$1" >/dev/console
+    fi
     printf '%s\n' "$1" >>"$LAB_OUT/events.jsonl"
 }
 

@@ -16,6 +16,7 @@ check_json "virt_caps include hvm and hap (emulated SVM with NPT)" "$LAB_OUT/inf
     '.xen.virt_caps | index("hvm") and index("hap")'
 check "circ xen info (text) runs" circ xen info
 info "xen" "$(jq -c .xen "$LAB_OUT/info-dom0.json")"
+check "dom0 sees the lab's TPM" test -c /dev/tpm0
 
 check "PV guest boots to its init" start_guest circ-pv pv
 check "PVH guest boots to its init" start_guest circ-pvh pvh

@@ -32,6 +32,8 @@ pub struct MachineConfig {
     pub dom0_cmdline: String,
     pub rootfs_size_mib: u32,
     pub payload_size_mib: u32,
+    /// Give dom0 a TPM 2.0 (QEMU's TPM TIS backed by a fresh swtpm per run).
+    pub tpm: bool,
 }
 
 /// Limits of one scenario run.

@@ -27,5 +27,9 @@ pub use run::{console_tail, run, scenario_script, RunOptions};
 /// Daemon binaries that, when built beside `circ`, are copied into dom0 too.
 pub const DAEMONS: &[&str] = &[];
 
+/// Binaries that, when built beside `circ`, go into the test guests' initrd
+/// (`/bin`) instead; the guest init starts `circ-guest-agent` if present.
+pub const GUEST_BINARIES: &[&str] = &["circ-guest-agent"];
+
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, LabError>;

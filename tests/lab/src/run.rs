@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::artifacts::{copy, mkdir, remove_dir, write};
+use crate::artifacts::{copy, mkdir, pack_cpio, remove_dir, write};
 use crate::command::{cmd, describe, run as run_cmd, tail};
 use crate::events::{Event, Report};
 use crate::{Artifacts, LabConfig, LabError, Result};
@@ -48,7 +48,18 @@ pub fn run(
 
     let serial = run_dir.join("serial.log");
     write(&serial, b"")?;
+    let tpm = if config.machine.tpm {
+        Some(start_swtpm(&run_dir)?)
+    } else {
+        None
+    };
     let mut qemu = qemu_command(config, artifacts, &payload, &serial);
+    if let Some(tpm) = &tpm {
+        qemu.arg("-chardev")
+            .arg(format!("socket,id=chrtpm,path={}", tpm.socket.display()))
+            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+            .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+    }
     let qemu_log = File::create(run_dir.join("qemu.log")).map_err(LabError::io(&run_dir))?;
     let qemu_err = qemu_log.try_clone().map_err(LabError::io(&run_dir))?;
     qemu.stdin(Stdio::null()).stdout(qemu_log).stderr(qemu_err);
@@ -70,7 +81,12 @@ pub fn run(
         report.events.push((0.0, Event::Fatal { reason }));
     }
 
+    drop(tpm);
     extract_outputs(&payload, &run_dir);
+    let host_script = scenario.with_extension("host.sh");
+    if host_script.is_file() {
+        run_host_checks(config, artifacts, opts, &host_script, &run_dir, &mut report)?;
+    }
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     write(&run_dir.join("report.json"), &json)?;
     Ok((report, run_dir))
@@ -132,6 +148,7 @@ fn build_payload(
         &stage.join("xen.flavor"),
         artifacts.flavor.to_string().as_bytes(),
     )?;
+    let guest_extra = run_dir.join("guest-extra");
     for binary in &opts.binaries {
         let name = binary
             .file_name()
@@ -139,10 +156,26 @@ fn build_payload(
                 what: "binary file name".into(),
                 path: binary.clone(),
             })?;
-        copy(binary, &stage.join("bin").join(name))?;
+        let into = if crate::GUEST_BINARIES.iter().any(|g| name == *g) {
+            guest_extra.join("bin")
+        } else {
+            stage.join("bin")
+        };
+        mkdir(&into)?;
+        copy(binary, &into.join(name))?;
     }
     copy(&artifacts.vmlinuz, &stage.join("guest/vmlinuz"))?;
-    copy(&artifacts.guest_initrd, &stage.join("guest/initrd.gz"))?;
+    let guest_initrd = stage.join("guest/initrd.gz");
+    copy(&artifacts.guest_initrd, &guest_initrd)?;
+    if guest_extra.is_dir() {
+        // Linux unpacks concatenated cpio archives in order: the cached
+        // busybox initrd gets this run's guest binaries without a rebuild.
+        let extra = run_dir.join("guest-extra.gz");
+        pack_cpio(&guest_extra, &extra)?;
+        append(&extra, &guest_initrd)?;
+        remove_dir(&guest_extra)?;
+        std::fs::remove_file(&extra).map_err(LabError::io(&extra))?;
+    }
     // What the machine booted, for scenarios that measure it.
     copy(&artifacts.xen, &stage.join("boot/xen"))?;
     copy(&artifacts.vmlinuz, &stage.join("boot/vmlinuz"))?;
@@ -170,6 +203,17 @@ fn build_payload(
         ],
     ))?;
     remove_dir(&stage)
+}
+
+fn append(from: &Path, to: &Path) -> Result<()> {
+    let mut source = File::open(from).map_err(LabError::io(from))?;
+    let mut target = std::fs::OpenOptions::new()
+        .append(true)
+        .open(to)
+        .map_err(LabError::io(to))?;
+    std::io::copy(&mut source, &mut target)
+        .map(drop)
+        .map_err(LabError::io(to))
 }
 
 fn qemu_command(
@@ -210,7 +254,7 @@ fn qemu_command(
     qemu
 }
 
-/// Ends QEMU on every path out of [`watch`], including errors and panics.
+/// Ends a child process (QEMU, swtpm) on every path out of a run, including errors and panics.
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -305,4 +349,105 @@ fn extract_outputs(payload: &Path, run_dir: &Path) {
     if let Err(err) = result {
         tracing::warn!(%err, "could not read the scenario's outputs back");
     }
+}
+
+/// A software TPM for dom0 (QEMU's TPM TIS device talks to it), fresh each
+/// run so PCRs start from reset. Killed with the run.
+struct Swtpm {
+    socket: PathBuf,
+    _process: KillOnDrop,
+}
+
+fn start_swtpm(run_dir: &Path) -> Result<Swtpm> {
+    let state = run_dir.join("tpm");
+    mkdir(&state)?;
+    let socket = run_dir.join("swtpm.sock");
+    let mut swtpm = cmd(
+        "swtpm",
+        [
+            "socket".as_ref(),
+            "--tpm2".as_ref(),
+            "--tpmstate".as_ref(),
+            format!("dir={}", state.display()).as_ref(),
+            "--ctrl".as_ref(),
+            format!("type=unixio,path={}", socket.display()).as_ref(),
+            "--log".as_ref(),
+            format!("file={},level=1", run_dir.join("swtpm.log").display()).as_ref(),
+            std::ffi::OsStr::new("--terminate"),
+        ],
+    );
+    swtpm.stdin(Stdio::null());
+    let child = swtpm.spawn().map_err(|source| LabError::Spawn {
+        command: describe(&swtpm),
+        source,
+    })?;
+    let process = KillOnDrop(child);
+    // QEMU fails at once if the socket is not there yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err(LabError::MissingArtifact {
+                what: "swtpm control socket (see swtpm.log)".into(),
+                path: socket,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Swtpm {
+        socket,
+        _process: process,
+    })
+}
+
+/// Runs the scenario's host half (`NAME.host.sh`) after the machine is down:
+/// checks that must happen outside the lab, such as verifying a quote. It
+/// reports events on stdout with the same library as the dom0 half.
+fn run_host_checks(
+    config: &LabConfig,
+    artifacts: &Artifacts,
+    opts: &RunOptions,
+    script: &Path,
+    run_dir: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    let lab = config.lab_dir();
+    let mut host = Command::new("bash");
+    host.arg(script)
+        .current_dir(run_dir)
+        .env("LAB_HOST", "1")
+        .env("LAB_LIB", lab.join("dom0/lib.sh"))
+        .env("LAB_OUT", run_dir.join("out"))
+        .env("LAB_RUN_DIR", run_dir)
+        .env("LAB_XEN", artifacts.flavor.to_string())
+        .env("LAB_BOOT_XEN", &artifacts.xen)
+        .env("LAB_BOOT_VMLINUZ", &artifacts.vmlinuz)
+        .env("LAB_BOOT_INITRAMFS", &artifacts.dom0_initramfs)
+        .env("LAB_GUEST_VMLINUZ", &artifacts.vmlinuz)
+        .env("LAB_GUEST_INITRD", &artifacts.guest_initrd);
+    if let Some(circ) = opts.binaries.first() {
+        host.env("CIRC", circ);
+    }
+    let log = File::create(run_dir.join("host.log")).map_err(LabError::io(run_dir))?;
+    host.stdin(Stdio::null()).stderr(log);
+    tracing::info!(script = %script.display(), "host-side checks");
+    let out = host.output().map_err(|source| LabError::Spawn {
+        command: describe(&host),
+        source,
+    })?;
+    let started = Instant::now();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(event) = Event::parse_line(line) {
+            log_event(&event);
+            report.events.push((started.elapsed().as_secs_f64(), event));
+        }
+    }
+    report.events.push((
+        0.0,
+        Event::Check {
+            name: "host-side checks finished".into(),
+            ok: out.status.success(),
+            detail: format!("{} exited with {}", script.display(), out.status),
+        },
+    ));
+    Ok(())
 }
