@@ -144,7 +144,9 @@ readonly src_dir="$cache_root/src/$XEN_SRC_VERSION"
 readonly dsc_name="${XEN_SRC_PACKAGE}_${XEN_SRC_VERSION}.dsc"
 
 source_version_known() {
-    apt-cache showsrc "$XEN_SRC_PACKAGE" 2>/dev/null | grep -qxF "Version: $XEN_SRC_VERSION"
+    local info # not 'apt-cache | grep -q': SIGPIPE would fail it under pipefail
+    info=$(apt-cache showsrc "$XEN_SRC_PACKAGE" 2>/dev/null) || return 1
+    grep -qxF "Version: $XEN_SRC_VERSION" <<<"$info"
 }
 
 ensure_deb_src() {
@@ -202,14 +204,14 @@ readonly tree_state="$tree_root/state"
 tree_sig=$(
     printf 'build.sh %s\n' "$(sha256_of "$self")"
     printf 'config.fragment %s\n' "$(sha256_of "$fragment_file")"
-    printf 'cc %s\n' "$(gcc --version | head -n1)"
-    printf 'ld %s\n' "$(ld --version | head -n1)"
+    printf 'cc %s\n' "$(gcc --version | sed -n 1p)"
+    printf 'ld %s\n' "$(ld --version | sed -n 1p)"
 )
 tree_sig=$(printf '%s\n' "$tree_sig" | sha256sum | cut -c1-20)
 readonly tree_sig
 
 mkdir -p "$tree_root"
-rm -rf "$tree_root"/staging.*
+rm -rf "$tree_root"/staging.* "$tree_root"/*.orig.tar.*
 
 prepare_staging() { # DIR: unpack, apply Debian's patches (dpkg-source) and ours
     local dir=$1 p
@@ -238,7 +240,7 @@ fresh_tree() {
     local staging=$1
     log "fresh build tree"
     rm -rf "$tree" "$tree_git" "$tree_state"
-    mv "$staging" "$tree"
+    mv "$staging" "$tree" || die "cannot move $staging to $tree"
     init_tree_git
 }
 
@@ -262,7 +264,6 @@ sync_tree() {
     # Refuses if the build changed a tracked source file: then start afresh.
     tgit read-tree -m -u "$old" "$new" || return 1
     log "reused build tree: $(git --git-dir="$tree_git" diff-tree -r --name-only "$old" "$new" | wc -l) file(s) changed"
-    rm -rf "$staging"
 }
 
 set_tree_state() { printf '%s\n%s\n' "$tree_sig" "$1" >"$tree_state"; }
@@ -281,9 +282,17 @@ make_xen() {
 }
 
 configure_and_build() {
+    local cfg=$tree/xen/.config prev=$tree_root/config.prev
     log "configuring: debian/xen-kconfig + config.fragment, make olddefconfig"
-    cat "$tree/debian/xen-kconfig" "$fragment_file" >"$tree/xen/.config"
+    rm -f "$prev"
+    if [[ -f $cfg ]]; then cp -p "$cfg" "$prev"; fi
+    cat "$tree/debian/xen-kconfig" "$fragment_file" >"$cfg"
     make_xen olddefconfig >>"$build_log" 2>&1 || return 1
+    # A .config newer than include/config/auto.conf makes the build rerun
+    # syncconfig, which rewrites autoconf.h and so recompiles everything: keep
+    # the old mtime when nothing changed.
+    if [[ -f $prev ]] && cmp -s "$cfg" "$prev"; then touch -r "$prev" "$cfg"; fi
+    rm -f "$prev"
     check_config || return 1
     log "make -j$(nproc) -C xen (log: $build_log)"
     make_xen -j"$(nproc)" >>"$build_log" 2>&1
@@ -312,23 +321,29 @@ check_config() {
 # The lab boots the ELF with QEMU's multiboot loader (-kernel), which wants a
 # 32-bit ELF carrying a multiboot header (magic 0x1badb002) in its first 8 KiB.
 check_elf() {
-    local f=$1
+    local f=$1 words
     [[ $(od -An -tx1 -N5 "$f" | tr -d ' \n') == 7f454c4601 ]] || die "$f is not a 32-bit ELF"
     [[ $(od -An -tx2 -j18 -N2 "$f" | tr -d ' \n') == 0003 ]] || die "$f is not an i386 ELF"
-    od -An -v -tx4 -N8192 "$f" | grep -qw 1badb002 || die "$f has no multiboot header in its first 8 KiB"
+    # Into a variable first: 'od | grep -q' can fail under pipefail (SIGPIPE).
+    words=$(od -An -v -tx4 -N8192 "$f")
+    grep -qw 1badb002 <<<"$words" || die "$f has no multiboot header in its first 8 KiB"
 }
 
 tree_was_fresh=0
 build_once() { # MODE: reuse|fresh
-    local staging
-    staging=$(mktemp -d "$tree_root/staging.XXXXXX")
-    rmdir "$staging" # dpkg-source -x wants to create it
+    local parent staging
+    # dpkg-source -x wants to create the directory and leaves a copy of the
+    # orig tarball beside it: give it a parent of its own.
+    # (Called as an 'if' condition, where set -e is off: check explicitly.)
+    parent=$(mktemp -d "$tree_root/staging.XXXXXX") || die "mktemp in $tree_root failed"
+    staging=$parent/src
     prepare_staging "$staging"
     tree_was_fresh=0
     if [[ $1 == fresh ]] || ! sync_tree "$staging"; then
         fresh_tree "$staging"
         tree_was_fresh=1
     fi
+    rm -rf "$parent"
     : >"$build_log"
     set_tree_state building
     if configure_and_build; then
