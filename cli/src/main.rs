@@ -4,6 +4,7 @@
 //! component's module; the work lives in the libraries.
 #![forbid(unsafe_code)]
 
+mod cas;
 mod lab;
 mod xen;
 
@@ -30,6 +31,9 @@ enum Command {
     /// Build and run the real-Xen lab (Xen + dom0 under QEMU).
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Content-addressed, signed disk images over HTTP (cas-blk).
+    #[command(subcommand)]
+    Cas(cas::CasCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Xen(cmd) => xen::run(cmd),
         Command::Lab(cmd) => lab::run(cmd),
+        Command::Cas(cmd) => cas::run(cmd),
     };
     match result {
         Ok(code) => code,

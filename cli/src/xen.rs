@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use circ_hv::report::HostReport;
-use circ_hv::{Transaction, XenStore as _};
+use circ_hv::{DomId, Hypervisor as _, Transaction, XenStore as _};
 use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
 use clap::Subcommand;
 
@@ -26,6 +26,20 @@ pub enum XenCommand {
     /// Read and watch xenstore through libxenstore.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// A vCPU's control registers (what a page-table walk starts from).
+    Vcpu {
+        domid: u16,
+        #[arg(long, default_value_t = 0)]
+        vcpu: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A guest's populated memory (HVM/PVH): maximum gpfn and populated gfn ranges.
+    Memory {
+        domid: u16,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +71,8 @@ pub fn run(cmd: XenCommand) -> anyhow::Result<ExitCode> {
     let result = match cmd {
         XenCommand::Info { json } => info(json),
         XenCommand::Store(cmd) => store(cmd),
+        XenCommand::Vcpu { domid, vcpu, json } => vcpu_registers(DomId(domid), vcpu, json),
+        XenCommand::Memory { domid, json } => memory(DomId(domid), json),
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -121,6 +137,71 @@ fn store(cmd: StoreCommand) -> anyhow::Result<()> {
             }
             xs.unwatch(&path, &token)
                 .context("failed to remove the watch")?;
+        }
+    }
+    Ok(())
+}
+
+fn vcpu_registers(dom: DomId, vcpu: u32, json: bool) -> anyhow::Result<()> {
+    let hv = XenHypervisor::open()?;
+    let regs = hv.vcpu_registers(dom, vcpu)?;
+    let fields = [
+        ("rip", regs.rip),
+        ("rsp", regs.rsp),
+        ("rflags", regs.rflags),
+        ("cr0", regs.cr0),
+        ("cr3", regs.cr3),
+        ("cr4", regs.cr4),
+    ];
+    let mut out = std::io::stdout().lock();
+    if json {
+        let map: serde_json::Map<_, _> = fields
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), format!("{value:#x}").into()))
+            .collect();
+        serde_json::to_writer(&mut out, &map)?;
+        writeln!(out)?;
+    } else {
+        for (name, value) in fields {
+            writeln!(out, "{name:<7}{value:#018x}")?;
+        }
+    }
+    Ok(())
+}
+
+fn memory(dom: DomId, json: bool) -> anyhow::Result<()> {
+    let hv = XenHypervisor::open()?;
+    let max_gpfn = hv.maximum_gpfn(dom)?;
+    let started = std::time::Instant::now();
+    let ranges = hv.populated_ranges(dom)?;
+    let probe_ms = started.elapsed().as_millis();
+    let pages: u64 = ranges.iter().map(|r| r.len()).sum();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let ranges: Vec<_> = ranges.iter().map(|r| [r.start.0, r.end.0]).collect();
+        let doc = serde_json::json!({
+            "domid": dom.0,
+            "max_gpfn": max_gpfn.0,
+            "populated_pages": pages,
+            "ranges": ranges,
+            "probe_ms": probe_ms,
+        });
+        serde_json::to_writer(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "domain {}: max gpfn {:#x}, {pages} populated pages",
+            dom.0, max_gpfn.0
+        )?;
+        for range in ranges {
+            writeln!(
+                out,
+                "  {:#x}..{:#x} ({} pages)",
+                range.start.0,
+                range.end.0,
+                range.len()
+            )?;
         }
     }
     Ok(())

@@ -40,7 +40,28 @@ for guest in circ-pv:pv circ-pvh:pvh; do
         "$(circ xen store read "/local/domain/$domid/console/ring-ref")"
     check "$guest kernel reports its guest type" \
         grep -q "circ-guest: up type=${type^^}" "$(guest_console "$guest")"
+    circ xen vcpu "$domid" --json >"$LAB_OUT/$guest-vcpu0.json"
+    check_json "$guest vCPU 0 context read (rip, cr3 set)" "$LAB_OUT/$guest-vcpu0.json" \
+        '.rip != "0x0" and .cr3 != "0x0"'
 done
+
+# Populated memory through batched foreign mappings with per-page errors.
+pvh=$(xl domid circ-pvh)
+circ xen memory "$pvh" --json >"$LAB_OUT/circ-pvh-memory.json"
+check_json "circ-pvh populated memory is its 128 MiB (32768 pages, plus a few special pages)" \
+    "$LAB_OUT/circ-pvh-memory.json" '.populated_pages >= 32000 and .populated_pages < 34000'
+timing "circ-pvh: probe populated memory" "$(jq -r '.probe_ms // 0' "$LAB_OUT/circ-pvh-memory.json")"
+
+# A xenstore watch through the bindings sees a write.
+timeout 30 circ xen store watch /local/domain/0/circ-smoke --count 2 >"$LAB_OUT/watch.txt" &
+watcher=$!
+wait_for 10 grep -q . "$LAB_OUT/watch.txt"
+circ xen store write /local/domain/0/circ-smoke/answer 42
+wait "$watcher"
+check_eq "xenstore watch fires on a write below it" \
+    /local/domain/0/circ-smoke/answer "$(sed -n 2p "$LAB_OUT/watch.txt")"
+check_eq "xenstore write then read through the bindings" 42 \
+    "$(circ xen store read /local/domain/0/circ-smoke/answer)"
 check_json "memory of each guest is about 128 MiB" "$LAB_OUT/info-guests.json" \
     '[.domains[] | select(.domid != 0) | .memory_kib] | length == 2 and all(. > 120000 and . < 140000)'
 

@@ -1,0 +1,324 @@
+//! Chunks from HTTP mirrors of a store.
+//!
+//! Each fetch tries the mirrors in order of preference: healthy ones by
+//! measured latency (an exponentially weighted average, untried ones first
+//! so that each gets measured), then those backing off after a failure. A
+//! mirror that errors, times out, lacks the chunk or serves a bad copy is
+//! skipped for this fetch and backed off for the next ones.
+//! Connections are kept alive and reused (ureq's pool).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{ChunkCheck, ChunkStore, StoreError};
+use crate::chunk::ChunkRef;
+use crate::layout;
+
+/// Weight of the newest sample in the latency average.
+const EWMA_WEIGHT: f64 = 0.3;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub connect_timeout: Duration,
+    /// Whole-request limit: a mirror slower than this counts as failed.
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("response larger than {0} bytes")]
+    TooLarge(u64),
+    #[error(transparent)]
+    Transport(#[from] ureq::Error),
+    #[error("only http:// mirrors are supported: {0}")]
+    Scheme(String),
+}
+
+/// One mirror's failure to serve a file.
+#[derive(Clone, Debug)]
+pub struct FetchFailure {
+    pub url: String,
+    pub reason: String,
+    /// The mirror answered, and its answer was refused (as opposed to an
+    /// outage): callers must not fall back to older copies silently.
+    pub rejected: bool,
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.url, self.reason)
+    }
+}
+
+/// What a mirror has done so far, for `circ cas verify` and logs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MirrorStats {
+    pub base: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub bad_chunks: u64,
+    pub latency_ms: Option<f64>,
+}
+
+#[derive(Debug)]
+struct Mirror {
+    base: String,
+    state: Mutex<MirrorState>,
+}
+
+#[derive(Debug, Default)]
+struct MirrorState {
+    ewma_secs: Option<f64>,
+    consecutive_failures: u32,
+    backoff_until: Option<Instant>,
+    ok: u64,
+    failed: u64,
+    bad_chunks: u64,
+}
+
+#[derive(Debug)]
+pub struct HttpStore {
+    agent: ureq::Agent,
+    mirrors: Vec<Mirror>,
+}
+
+impl HttpStore {
+    /// `bases` are store roots (`http://host:port/path/`), in the order of
+    /// preference before any measurement.
+    pub fn new(bases: &[String], config: &HttpConfig) -> Result<Self, HttpError> {
+        let mut mirrors = Vec::with_capacity(bases.len());
+        for base in bases {
+            if !base.starts_with("http://") {
+                return Err(HttpError::Scheme(base.clone()));
+            }
+            let base = if base.ends_with('/') {
+                base.clone()
+            } else {
+                format!("{base}/")
+            };
+            mirrors.push(Mirror {
+                base,
+                state: Mutex::default(),
+            });
+        }
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                // Never an environment proxy: only the mirrors given.
+                .proxy(None)
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .timeout_connect(Some(config.connect_timeout))
+                .timeout_global(Some(config.request_timeout))
+                .user_agent(concat!("circ-cas/", env!("CARGO_PKG_VERSION")))
+                .build(),
+        );
+        Ok(Self { agent, mirrors })
+    }
+
+    pub fn stats(&self) -> Vec<MirrorStats> {
+        self.mirrors
+            .iter()
+            .map(|m| {
+                let s = lock(&m.state);
+                MirrorStats {
+                    base: m.base.clone(),
+                    ok: s.ok,
+                    failed: s.failed,
+                    bad_chunks: s.bad_chunks,
+                    latency_ms: s.ewma_secs.map(|t| t * 1000.0),
+                }
+            })
+            .collect()
+    }
+
+    /// Mirror indices, most preferred first.
+    fn order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let mut keyed: Vec<(bool, f64, usize)> = self
+            .mirrors
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = lock(&m.state);
+                let backing_off = s.backoff_until.is_some_and(|t| t > now);
+                (backing_off, s.ewma_secs.unwrap_or(0.0), i)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        keyed.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    fn record_ok(&self, mirror: usize, elapsed: Duration) {
+        let mut s = lock(&self.mirrors[mirror].state);
+        let sample = elapsed.as_secs_f64();
+        s.ewma_secs = Some(match s.ewma_secs {
+            Some(avg) => avg + EWMA_WEIGHT * (sample - avg),
+            None => sample,
+        });
+        s.consecutive_failures = 0;
+        s.backoff_until = None;
+        s.ok += 1;
+    }
+
+    /// Counts a failure and says whether to log it: a mirror's first ten
+    /// failures, then every power-of-two-th, so a broken mirror cannot
+    /// flood the logs.
+    fn record_failure(&self, mirror: usize, bad_chunk: bool) -> bool {
+        let mut s = lock(&self.mirrors[mirror].state);
+        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        let backoff = Duration::from_millis(250)
+            .saturating_mul(1 << s.consecutive_failures.min(10))
+            .min(MAX_BACKOFF);
+        s.backoff_until = Some(Instant::now() + backoff);
+        s.failed += 1;
+        if bad_chunk {
+            s.bad_chunks += 1;
+        }
+        s.failed <= 10 || s.failed.is_power_of_two()
+    }
+
+    /// GETs `url` whole, refusing bodies over `limit` bytes. `Ok(None)` is 404.
+    fn get(&self, url: &str, limit: u64) -> Result<Option<Vec<u8>>, HttpError> {
+        let mut response = self.agent.get(url).call()?;
+        match response.status().as_u16() {
+            200 => {}
+            404 | 410 => return Ok(None),
+            other => return Err(HttpError::Status(other)),
+        }
+        if response
+            .body()
+            .content_length()
+            .is_some_and(|len| len > limit)
+        {
+            return Err(HttpError::TooLarge(limit));
+        }
+        match response.body_mut().with_config().limit(limit).read_to_vec() {
+            Ok(body) => Ok(Some(body)),
+            Err(ureq::Error::BodyExceedsLimit(_)) => Err(HttpError::TooLarge(limit)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fetches the file at `rel` (relative to the store root) from the
+    /// mirrors in order, returning the first copy `accept` takes, or every
+    /// mirror's failure. For indexes: `accept` checks the signature.
+    pub fn fetch_file<T, E: std::fmt::Display>(
+        &self,
+        rel: &str,
+        limit: u64,
+        accept: impl Fn(Vec<u8>) -> Result<T, E>,
+    ) -> Result<T, Vec<FetchFailure>> {
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let url = format!("{}{rel}", self.mirrors[i].base);
+            let started = Instant::now();
+            let outcome = match self.get(&url, limit) {
+                Ok(Some(bytes)) => accept(bytes).map_err(|e| (e.to_string(), true)),
+                Ok(None) => Err(("not found (HTTP 404)".to_owned(), false)),
+                Err(e) => Err((error_chain(&e), false)),
+            };
+            match outcome {
+                Ok(value) => {
+                    self.record_ok(i, started.elapsed());
+                    return Ok(value);
+                }
+                Err((reason, rejected)) => {
+                    if self.record_failure(i, rejected) {
+                        tracing::warn!(url, reason, "mirror failed");
+                    }
+                    failures.push(FetchFailure {
+                        url,
+                        reason,
+                        rejected,
+                    });
+                }
+            }
+        }
+        Err(failures)
+    }
+}
+
+impl ChunkStore for HttpStore {
+    fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError> {
+        let rel = layout::chunk_path(&chunk.id, chunk.compression);
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let url = format!("{}{rel}", self.mirrors[i].base);
+            let started = Instant::now();
+            let failure = match self.get(&url, chunk.max_stored_len()) {
+                Ok(Some(stored)) => match check.check(chunk, &stored) {
+                    Ok(plain) => {
+                        self.record_ok(i, started.elapsed());
+                        return Ok(plain);
+                    }
+                    Err(source) => {
+                        if self.record_failure(i, true) {
+                            tracing::warn!(chunk = %chunk.id, url, error = %source, "mirror served a bad chunk");
+                        }
+                        StoreError::Corrupt {
+                            chunk: chunk.id,
+                            source_name: self.mirrors[i].base.clone(),
+                            source,
+                        }
+                    }
+                },
+                Ok(None) => {
+                    // A mirror may lag behind; absence is not held against it.
+                    StoreError::NotFound {
+                        chunk: chunk.id,
+                        source_name: self.mirrors[i].base.clone(),
+                    }
+                }
+                Err(HttpError::TooLarge(limit)) => {
+                    if self.record_failure(i, true) {
+                        tracing::warn!(chunk = %chunk.id, url, "mirror served an oversized chunk");
+                    }
+                    StoreError::Corrupt {
+                        chunk: chunk.id,
+                        source_name: self.mirrors[i].base.clone(),
+                        source: crate::chunk::ChunkError::StoredTooLarge {
+                            len: limit + 1,
+                            max: limit,
+                        },
+                    }
+                }
+                Err(source) => {
+                    if self.record_failure(i, false) {
+                        tracing::warn!(chunk = %chunk.id, url, error = %error_chain(&source), "mirror failed");
+                    }
+                    StoreError::Http { url, source }
+                }
+            };
+            failures.push(failure);
+        }
+        Err(StoreError::merge(chunk.id, failures))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Statistics stay usable even if a thread panicked while holding them.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

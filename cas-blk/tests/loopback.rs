@@ -1,0 +1,429 @@
+//! The library end to end on loopback: pack into a store, serve it with
+//! the crate's own HTTP server on 127.0.0.1, read it back through
+//! `VerifyingStore<CacheStore<HttpStore>>`, and break things on the way.
+
+use std::path::{Path, PathBuf};
+
+use circ_cas::chunk::ChunkId;
+use circ_cas::chunk::{ChunkSize, Compression};
+use circ_cas::client::{self, OpenError, OpenOptions};
+use circ_cas::index::IndexV1;
+use circ_cas::keys::SecretKey;
+use circ_cas::pack::{self, PackOptions, PackReport};
+use circ_cas::reader::ReadError;
+use circ_cas::serve::{Server, ServerHandle};
+use circ_cas::store::{DirStore, ErrorKind, HttpConfig, HttpStore, VerifyingStore};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    key: SecretKey,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            key: SecretKey::generate().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> DirStore {
+        DirStore::open(self.path("store"))
+    }
+
+    fn pack(&self, image: &[u8], chunk_size: &str, compression: Compression) -> PackReport {
+        let path = self.path("image");
+        std::fs::write(&path, image).unwrap();
+        let opts = PackOptions {
+            name: "img".into(),
+            chunk_size: chunk_size.parse::<ChunkSize>().unwrap(),
+            compression,
+            threads: 2,
+            durable: false,
+        };
+        pack::pack(&path, &self.store(), &self.key, &opts, &|_| {}).unwrap()
+    }
+
+    fn serve(&self, root: &Path) -> (ServerHandle, String) {
+        let server = Server::bind(root, "127.0.0.1:0").unwrap().spawn().unwrap();
+        let url = format!("http://{}/", server.local_addr());
+        (server, url)
+    }
+
+    fn options(&self, index_url: &str) -> OpenOptions {
+        let mut opts = OpenOptions::new(index_url, self.key.public());
+        opts.cache_dir = Some(self.path("cache"));
+        opts
+    }
+
+    fn index(&self) -> IndexV1 {
+        let bytes = std::fs::read(self.store().index_file("img")).unwrap();
+        IndexV1::parse_verified(&bytes, &self.key.public()).unwrap()
+    }
+
+    /// The stored file of the image's `n`th distinct chunk under `root`.
+    fn chunk_file(&self, root: &Path, n: usize) -> PathBuf {
+        let index = self.index();
+        let id = index.unique_chunks()[n].id;
+        DirStore::open(root).chunk_file(&id, index.compression)
+    }
+}
+
+/// Deterministic, incompressible bytes with runs of zeros (whole zero
+/// chunks at small chunk sizes) and a repeated block (duplicate chunks).
+fn image(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut out: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let zero_end = len.min(3 * 65_536);
+    out[65_536.min(len)..zero_end].fill(0);
+    if len >= 6 * 65_536 {
+        let (head, tail) = out.split_at_mut(5 * 65_536);
+        tail[..65_536].copy_from_slice(&head[..65_536]);
+    }
+    out
+}
+
+fn read_all(opts: &OpenOptions) -> Result<Vec<u8>, ReadError> {
+    let opened = client::open(opts).unwrap();
+    let mut out = Vec::new();
+    opened.reader.write_all_to(&mut out, 3)?;
+    Ok(out)
+}
+
+#[test]
+fn round_trips_for_every_compression_and_odd_sizes() {
+    for (compression, chunk_size, len) in [
+        (Compression::Zstd, "64K", 7 * 65_536 + 123),
+        (Compression::Zlib, "64K", 7 * 65_536),
+        (Compression::None, "4K", 5 * 65_536 + 1),
+        (Compression::Zstd, "256K", 1000),
+        (Compression::Zstd, "4M", 0),
+    ] {
+        let fx = Fixture::new();
+        let data = image(len);
+        let report = fx.pack(&data, chunk_size, compression);
+        let (server, url) = fx.serve(&fx.path("store"));
+        let opts = fx.options(&format!("{url}indexes/img.cidx"));
+        assert_eq!(
+            read_all(&opts).unwrap(),
+            data,
+            "{compression} {chunk_size} {len}"
+        );
+        if len > 3 * 65_536 {
+            assert!(report.zero_chunks > 0, "{report:?}");
+            assert!(
+                report.unique_chunks < report.chunks - report.zero_chunks || chunk_size != "64K"
+            );
+        }
+        // Byte ranges straddling chunk boundaries, through a fresh reader.
+        let opened = client::open(&opts).unwrap();
+        for (offset, n) in [(0usize, 1usize), (65_530, 20), (len / 2, len / 3)] {
+            if offset + n <= len {
+                let mut buf = vec![0xAA; n];
+                opened.reader.read_at(offset as u64, &mut buf).unwrap();
+                assert_eq!(buf, data[offset..offset + n]);
+            }
+        }
+        assert!(matches!(
+            opened.reader.read_at(len as u64, &mut [0u8; 1]),
+            Err(ReadError::OutOfRange { .. })
+        ));
+        server.stop();
+    }
+}
+
+#[test]
+fn zero_chunks_are_neither_stored_nor_fetched() {
+    let fx = Fixture::new();
+    let data = vec![0u8; 4 * 65_536];
+    let report = fx.pack(&data, "64K", Compression::Zstd);
+    assert_eq!((report.zero_chunks, report.new_chunks), (4, 0));
+    // No server at all: nothing needs fetching.
+    let mut opts = fx.options(fx.store().index_file("img").to_str().unwrap());
+    opts.mirrors = vec!["http://127.0.0.1:9/".into()];
+    assert_eq!(read_all(&opts).unwrap(), data);
+}
+
+#[test]
+fn repack_writes_only_changed_chunks_and_bumps_the_generation() {
+    let fx = Fixture::new();
+    let mut data = image(8 * 65_536);
+    let first = fx.pack(&data, "64K", Compression::Zstd);
+    assert_eq!(first.generation, 1);
+    assert_eq!(first.new_chunks, first.unique_chunks);
+    data[7 * 65_536 + 5] ^= 0xff;
+    let second = fx.pack(&data, "64K", Compression::Zstd);
+    assert_eq!(second.generation, 2);
+    assert_eq!(second.new_chunks, 1);
+    let third = fx.pack(&data, "64K", Compression::Zstd);
+    assert_eq!((third.generation, third.new_chunks), (3, 0));
+}
+
+#[test]
+fn failover_past_a_dead_mirror_and_a_corrupting_mirror() {
+    let fx = Fixture::new();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    // A second copy of the store whose chunks are all damaged.
+    let evil_root = fx.path("evil");
+    copy_dir(&fx.path("store"), &evil_root);
+    for n in 0..fx.index().unique_chunks().len() {
+        flip_byte(&fx.chunk_file(&evil_root, n));
+    }
+    let (evil, evil_url) = fx.serve(&evil_root);
+    let (good, good_url) = fx.serve(&fx.path("store"));
+    let dead_url = dead_url();
+
+    // Index and chunks: the primary is dead, the evil mirror is next.
+    let mut opts = fx.options(&format!("{dead_url}indexes/img.cidx"));
+    opts.cache_dir = None;
+    opts.mirrors = vec![evil_url.clone(), good_url.clone()];
+    assert_eq!(read_all(&opts).unwrap(), data);
+
+    // Chunk by chunk, with the damaging mirror first in line: every read
+    // is answered by the good one, and the bad copies are counted.
+    let http = HttpStore::new(
+        &[evil_url.clone(), good_url.clone()],
+        &HttpConfig::default(),
+    )
+    .unwrap();
+    let store = VerifyingStore::new(http);
+    for chunk in fx.index().unique_chunks() {
+        let plain = store.read_chunk(&chunk).unwrap();
+        assert_eq!(ChunkId::of_trusted(&plain), chunk.id);
+    }
+    let stats = store.inner().stats();
+    assert_eq!(
+        (stats[0].base.as_str(), stats[1].base.as_str()),
+        (evil_url.as_str(), good_url.as_str())
+    );
+    assert!(stats[0].bad_chunks >= 1, "{stats:?}");
+    assert_eq!(
+        stats[1].ok,
+        fx.index().unique_chunks().len() as u64,
+        "{stats:?}"
+    );
+    evil.stop();
+    good.stop();
+}
+
+#[test]
+fn a_chunk_bad_everywhere_fails_that_read_only() {
+    let fx = Fixture::new();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let bad_file = fx.chunk_file(&fx.path("store"), 0);
+    flip_byte(&bad_file);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    let opened = client::open(&opts).unwrap();
+    // Chunk 0 is the damaged one; its reads fail, others still work.
+    let mut buf = vec![0u8; 100];
+    match opened.reader.read_at(10, &mut buf) {
+        Err(ReadError::Chunk { index: 0, source }) => {
+            assert_eq!(source.kind(), ErrorKind::Corrupt);
+            assert!(source.to_string().contains("hash") || error_text(&source).contains("hash"));
+        }
+        other => panic!("expected a corrupt chunk, got {other:?}"),
+    }
+    assert_eq!(buf, vec![0u8; 100], "no wrong data was written");
+    let mut tail = vec![0u8; 1000];
+    opened.reader.read_at(7 * 65_536, &mut tail).unwrap();
+    assert_eq!(tail, data[7 * 65_536..7 * 65_536 + 1000]);
+    let bad = opened.reader.verify_all(2, &|_| {});
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].index, 0);
+    // Nothing bad entered the cache.
+    let cached = fx
+        .path("cache")
+        .join(circ_cas::layout::chunk_path(&bad[0].id, Compression::Zstd));
+    assert!(!cached.exists());
+    server.stop();
+}
+
+#[test]
+fn a_wrong_key_is_refused() {
+    let fx = Fixture::new();
+    fx.pack(&image(65_536), "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let mut opts = fx.options(&format!("{url}indexes/img.cidx"));
+    opts.public_key = SecretKey::generate().unwrap().public();
+    let err = client::open(&opts).unwrap_err();
+    assert!(matches!(err, OpenError::IndexUnavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("signature"), "{err}");
+    // Local files too, with the precise error.
+    let opts_local = OpenOptions::new(
+        fx.store().index_file("img").to_str().unwrap(),
+        opts.public_key,
+    );
+    assert!(client::open(&opts_local)
+        .unwrap_err()
+        .to_string()
+        .contains("index"));
+    server.stop();
+}
+
+#[test]
+fn rollback_is_refused_unless_allowed() {
+    let fx = Fixture::new();
+    let mut data = image(4 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let old_index = std::fs::read(fx.store().index_file("img")).unwrap();
+    data[0] ^= 1;
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let index_url = format!("{url}indexes/img.cidx");
+    assert_eq!(read_all(&fx.options(&index_url)).unwrap(), data);
+
+    // The server now offers generation 1 again.
+    std::fs::write(fx.store().index_file("img"), &old_index).unwrap();
+    let err = client::open(&fx.options(&index_url)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("generation 1, older than generation 2"),
+        "{err}"
+    );
+    let mut allow = fx.options(&index_url);
+    allow.allow_rollback = true;
+    let opened = client::open(&allow).unwrap();
+    assert_eq!(opened.reader.index().generation, 1);
+    server.stop();
+}
+
+#[test]
+fn reads_work_offline_from_the_cache() {
+    let fx = Fixture::new();
+    let data = image(6 * 65_536 + 7);
+    fx.pack(&data, "64K", Compression::Zlib);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    assert_eq!(read_all(&opts).unwrap(), data);
+    server.stop();
+    // Index from the cache's copy, chunks from the cache.
+    let opened = client::open(&opts).unwrap();
+    assert!(
+        opened.index_source.starts_with("cache"),
+        "{}",
+        opened.index_source
+    );
+    let mut out = Vec::new();
+    opened.reader.write_all_to(&mut out, 2).unwrap();
+    assert_eq!(out, data);
+}
+
+#[test]
+fn a_tampered_cache_entry_is_refetched() {
+    let fx = Fixture::new();
+    let data = image(4 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    assert_eq!(read_all(&opts).unwrap(), data);
+    let cached = fx.chunk_file(&fx.path("cache"), 0);
+    flip_byte(&cached);
+    assert_eq!(read_all(&opts).unwrap(), data);
+    server.stop();
+    // The bad copy was replaced by a good one: offline reads still work.
+    assert_eq!(read_all(&opts).unwrap(), data);
+}
+
+#[test]
+fn cache_stays_within_its_budget() {
+    let fx = Fixture::new();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::None);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let mut opts = fx.options(&format!("{url}indexes/img.cidx"));
+    opts.cache_max_bytes = 3 * 65_536;
+    assert_eq!(read_all(&opts).unwrap(), data);
+    let used: u64 = walk(&fx.path("cache").join("chunks"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(used <= 3 * 65_536 && used > 0, "{used}");
+    server.stop();
+}
+
+#[test]
+fn truncated_and_malformed_indexes_are_clear_errors() {
+    let fx = Fixture::new();
+    fx.pack(&image(4 * 65_536), "64K", Compression::Zstd);
+    let path = fx.store().index_file("img");
+    let good = std::fs::read(&path).unwrap();
+    let open_local = || {
+        client::open(&OpenOptions::new(path.to_str().unwrap(), fx.key.public()))
+            .unwrap_err()
+            .to_string()
+    };
+    let cases: [(Vec<u8>, &str); 4] = [
+        (good[..good.len() - 10].to_vec(), "truncated"),
+        (b"<html>not found</html>".to_vec(), "bad magic"),
+        (Vec::new(), "truncated"),
+        ([good.as_slice(), b"junk"].concat(), "trailing"),
+    ];
+    for (bytes, expected) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let message = error_text(
+            &client::open(&OpenOptions::new(path.to_str().unwrap(), fx.key.public())).unwrap_err(),
+        );
+        assert!(message.contains(expected), "{expected}: {message}");
+        assert!(open_local().starts_with("index"), "{}", open_local());
+    }
+}
+
+fn dead_url() -> String {
+    // Bind then drop: the port is closed, connections are refused at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/")
+}
+
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for file in walk(from) {
+        let dest = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&file, dest).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

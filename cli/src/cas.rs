@@ -1,0 +1,396 @@
+//! `circ cas ...`: content-addressed, signed disk images (cas-blk).
+//!
+//! Thin by design: the work lives in `circ-cas`; this module parses
+//! arguments, draws progress and prints reports.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use circ_cas::chunk::{ChunkSize, Compression};
+use circ_cas::client::{self, OpenOptions};
+use circ_cas::keys::{self, SecretKey};
+use circ_cas::pack::{self, PackOptions};
+use circ_cas::serve::Server;
+use circ_cas::stats;
+use circ_cas::store::DirStore;
+use clap::{Args, Subcommand};
+
+/// Exit code of `verify` when some chunk has no good copy anywhere.
+const EXIT_BAD_CHUNKS: u8 = 3;
+
+#[derive(Debug, Subcommand)]
+pub enum CasCommand {
+    /// Make an ed25519 signing key: KEY (secret, mode 0600) and KEY.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cut IMAGE into chunks in STORE and publish a signed index.
+    Pack {
+        image: PathBuf,
+        store: PathBuf,
+        /// Secret key from `circ cas keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Image name (default: the image's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Power of two from 4K to 4M.
+        #[arg(long, default_value = "256K")]
+        chunk_size: ChunkSize,
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "zlib", "none"])]
+        compress: String,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Skip fsync of each new chunk (faster; a crash may lose chunks
+        /// that the previous index does not name).
+        #[arg(long)]
+        no_sync: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve STORE over HTTP/1.1 (GET/HEAD, Range, keep-alive).
+    Serve {
+        store: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Write the verified image to standard output.
+    Cat {
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Fetch and verify every chunk; exit 3 if any has no good copy.
+    Verify {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deduplication table across images for several chunk sizes (LBCAS).
+    Stats {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "16K,64K,256K")]
+        chunk_sizes: Vec<ChunkSize>,
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "zlib", "none"])]
+        compress: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// `http://HOST/STORE/indexes/NAME.cidx` or a local index file.
+    index_url: String,
+    /// Publisher's public key (KEY.pub).
+    #[arg(long)]
+    pubkey: PathBuf,
+    /// Chunk cache and anti-rollback state.
+    #[arg(long, env = "CIRC_CAS_CACHE")]
+    cache: Option<PathBuf>,
+    /// Cache size limit in MiB.
+    #[arg(long, default_value_t = 4096)]
+    cache_mib: u64,
+    /// Another store root serving the same chunks (repeatable).
+    #[arg(long = "mirror")]
+    mirrors: Vec<String>,
+    /// Accept an index older than one accepted before.
+    #[arg(long)]
+    allow_rollback: bool,
+    /// Parallel chunk fetches.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+}
+
+pub fn run(cmd: CasCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CasCommand::Keygen { out } => keygen(out),
+        CasCommand::Pack {
+            image,
+            store,
+            key,
+            name,
+            chunk_size,
+            compress,
+            threads,
+            no_sync,
+            json,
+        } => {
+            let name = match name {
+                Some(name) => name,
+                None => image
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                    .context("cannot derive a name from the image path: give --name")?,
+            };
+            let opts = PackOptions {
+                name,
+                chunk_size,
+                compression: parse_compression(&compress)?,
+                threads: threads.unwrap_or_else(default_threads),
+                durable: !no_sync,
+            };
+            pack_cmd(image, store, key, &opts, json)
+        }
+        CasCommand::Serve { store, listen } => serve(store, listen),
+        CasCommand::Cat { source } => cat(source),
+        CasCommand::Verify { source, json } => verify(source, json),
+        CasCommand::Stats {
+            images,
+            chunk_sizes,
+            compress,
+            json,
+        } => stats_cmd(&images, &chunk_sizes, parse_compression(&compress)?, json),
+    }
+}
+
+fn parse_compression(name: &str) -> anyhow::Result<Compression> {
+    Ok(name.parse()?)
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// A progress bar on a terminal, nothing otherwise (logs and CI stay clean).
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+fn keygen(out: PathBuf) -> anyhow::Result<ExitCode> {
+    let key = SecretKey::generate()?;
+    let public = key.write_pair(&out)?;
+    println!(
+        "secret key {} public key {} (fingerprint {})",
+        out.display(),
+        public.display(),
+        keys::fingerprint(&key.public())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pack_cmd(
+    image: PathBuf,
+    store: PathBuf,
+    key: PathBuf,
+    opts: &PackOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let key = SecretKey::read(&key)?;
+    let size = std::fs::metadata(&image)
+        .with_context(|| format!("cannot read image {}", image.display()))?
+        .len();
+    let bar = progress_bar(size);
+    let progress = |n: u64| {
+        if let Some(bar) = &bar {
+            bar.inc(n);
+        }
+    };
+    let report = pack::pack(&image, &DirStore::open(store), &key, opts, &progress)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let secs = report.elapsed.as_secs_f64();
+    let mb_per_s = report.image_size as f64 / 1e6 / secs.max(1e-9);
+    if json {
+        let value = serde_json::json!({
+            "index": report.index_path,
+            "index_sha256": report.index_sha256,
+            "name": report.name,
+            "generation": report.generation,
+            "image_size": report.image_size,
+            "chunks": report.chunks,
+            "zero_chunks": report.zero_chunks,
+            "unique_chunks": report.unique_chunks,
+            "new_chunks": report.new_chunks,
+            "new_stored_bytes": report.new_stored_bytes,
+            "seconds": secs,
+        });
+        println!("{value}");
+    } else {
+        println!("index {}", report.index_path.display());
+        println!("sha256 {}", report.index_sha256);
+        println!(
+            "{} generation {}: {} bytes in {} chunks ({} zero, {} unique), {} new chunks written ({} bytes), {:.2} s, {:.0} MB/s",
+            report.name,
+            report.generation,
+            report.image_size,
+            report.chunks,
+            report.zero_chunks,
+            report.unique_chunks,
+            report.new_chunks,
+            report.new_stored_bytes,
+            secs,
+            mb_per_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(store: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let server = Server::bind(&store, listen)
+        .with_context(|| format!("cannot serve {} on {listen}", store.display()))?;
+    let addr = server.local_addr()?;
+    // Scripts and tests read this line to learn the port (with :0).
+    println!("serving {} on http://{addr}/", store.display());
+    std::io::stdout().flush()?;
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
+    let public_key = keys::read_public(&source.pubkey)?;
+    let mut opts = OpenOptions::new(source.index_url.clone(), public_key);
+    opts.cache_dir = source.cache.clone();
+    opts.cache_max_bytes = source.cache_mib.saturating_mul(1 << 20);
+    opts.mirrors = source.mirrors.clone();
+    opts.allow_rollback = source.allow_rollback;
+    if opts.cache_dir.is_none() {
+        tracing::warn!("no --cache: no chunk cache and no rollback protection across runs");
+    }
+    Ok(opts)
+}
+
+fn cat(source: SourceArgs) -> anyhow::Result<ExitCode> {
+    let image = client::open(&open_options(&source)?)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    image.reader.write_all_to(&mut out, source.parallel)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(source: SourceArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let mut opts = open_options(&source)?;
+    // Verification asks the network, not the cache, and changes no state.
+    opts.cache_dir = None;
+    opts.record_generation = false;
+    let image = client::open(&opts)?;
+    if let Some(cache) = &source.cache {
+        let index = image.reader.index();
+        circ_cas::rollback::GenerationStore::new(cache).check(
+            &index.name,
+            index.generation,
+            source.allow_rollback,
+        )?;
+    }
+    let index = image.reader.index();
+    let started = Instant::now();
+    let bar = progress_bar(index.image_size);
+    let progress = |n: u64| {
+        if let Some(bar) = &bar {
+            bar.inc(n);
+        }
+    };
+    let bad = image.reader.verify_all(source.parallel, &progress);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mirrors = image.http.as_ref().map(|h| h.stats()).unwrap_or_default();
+    let unique = index.unique_chunks().len();
+    if json {
+        let value = serde_json::json!({
+            "name": index.name,
+            "generation": index.generation,
+            "unique_chunks": unique,
+            "bad_chunks": bad.iter().map(|b| serde_json::json!({
+                "index": b.index, "id": b.id.to_hex(), "error": error_chain(&b.error),
+            })).collect::<Vec<_>>(),
+            "mirrors": mirrors.iter().map(|m| serde_json::json!({
+                "base": m.base, "ok": m.ok, "failed": m.failed, "bad_chunks": m.bad_chunks,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+    } else {
+        for b in &bad {
+            println!(
+                "BAD chunk {} ({}): {}",
+                b.index,
+                b.id,
+                error_chain(&b.error)
+            );
+        }
+        for m in &mirrors {
+            println!(
+                "mirror {}: {} ok, {} failed, {} bad copies",
+                m.base, m.ok, m.failed, m.bad_chunks
+            );
+        }
+        println!(
+            "{} generation {}: {} unique chunks, {} bad, {:.2} s",
+            index.name,
+            index.generation,
+            unique,
+            bad.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(if bad.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_CHUNKS)
+    })
+}
+
+fn stats_cmd(
+    images: &[PathBuf],
+    sizes: &[ChunkSize],
+    compression: Compression,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        rows.push(stats::dedup_stats(images, size, compression)?);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>8} {:>14} {:>10} {:>10} {:>10} {:>14} {:>14} {:>7} {:>7}",
+        "chunk", "input", "chunks", "zero", "unique", "unique bytes", "stored", "dedup", "total"
+    );
+    for (row, size) in rows.iter().zip(sizes) {
+        println!(
+            "{:>8} {:>14} {:>10} {:>10} {:>10} {:>14} {:>14} {:>7.2} {:>7.2}",
+            size.to_string(),
+            row.input_bytes,
+            row.chunks,
+            row.zero_chunks,
+            row.unique_chunks,
+            row.unique_bytes,
+            row.stored_bytes,
+            row.dedup_ratio,
+            row.total_ratio
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An error and its causes on one line, as `anyhow`'s `{:#}` prints them.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
