@@ -25,6 +25,17 @@ const DOM0_INITRAMFS_MODULES: &[&str] = &[
     "virtio_blk",
 ];
 
+/// Modules the test guests' initrd loads: a Xen virtual disk with ext4 on it
+/// (cas-blk serves guest disks).
+const GUEST_MODULES: &[&str] = &[
+    "crc32c_generic",
+    "crc16",
+    "mbcache",
+    "jbd2",
+    "ext4",
+    "xen_blkfront",
+];
+
 /// Which hypervisor the lab boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XenFlavor {
@@ -92,36 +103,27 @@ pub fn build(config: &LabConfig, flavor: XenFlavor) -> Result<Artifacts> {
         .text("busybox", &busybox_key.finish())
         .text("modules", &DOM0_INITRAMFS_MODULES.join(" "))
         .file(&lab.join("dom0/initramfs-init"))?;
+    let modules = kernel.join("modules").join(&kernel_version);
     let dom0_initramfs = cache
         .get_or_build("dom0-initramfs", &initramfs_key, |out| {
-            let modules = find_modules(
-                &kernel.join("modules").join(&kernel_version),
-                DOM0_INITRAMFS_MODULES,
-            )?;
             let stage = out.join("stage");
             stage_busybox_root(&stage, &busybox, &lab.join("dom0/initramfs-init"))?;
-            let module_dir = stage.join("modules");
-            mkdir(&module_dir)?;
-            let mut order = String::new();
-            for (name, path) in &modules {
-                copy(path, &module_dir.join(format!("{name}.ko")))?;
-                order.push_str(name);
-                order.push('\n');
-            }
-            write(&stage.join("modules.order"), order.as_bytes())?;
+            stage_modules(&stage, &modules, DOM0_INITRAMFS_MODULES)?;
             pack_cpio(&stage, &out.join("initramfs.gz"))?;
             remove_dir(&stage)
         })?
         .join("initramfs.gz");
 
-    let mut guest_key = Key::new("guest-initrd");
+    let mut guest_key = kernel_key.clone();
     guest_key
         .text("busybox", &busybox_key.finish())
+        .text("modules", &GUEST_MODULES.join(" "))
         .file(&lab.join("guest/init"))?;
     let guest_initrd = cache
         .get_or_build("guest-initrd", &guest_key, |out| {
             let stage = out.join("stage");
             stage_busybox_root(&stage, &busybox, &lab.join("guest/init"))?;
+            stage_modules(&stage, &modules, GUEST_MODULES)?;
             pack_cpio(&stage, &out.join("initrd.gz"))?;
             remove_dir(&stage)
         })?
@@ -279,6 +281,20 @@ fn stage_busybox_root(stage: &Path, busybox: &Path, init: &Path) -> Result<()> {
         "chmod",
         ["0755".as_ref(), stage.join("init").as_os_str()],
     ))
+}
+
+/// Copies kernel modules into `stage/modules` and lists them, in load
+/// order, in `stage/modules.order` (busybox `insmod` does no dependency work).
+fn stage_modules(stage: &Path, tree: &Path, names: &[&str]) -> Result<()> {
+    let module_dir = stage.join("modules");
+    mkdir(&module_dir)?;
+    let mut order = String::new();
+    for (name, path) in find_modules(tree, names)? {
+        copy(&path, &module_dir.join(format!("{name}.ko")))?;
+        order.push_str(&name);
+        order.push('\n');
+    }
+    write(&stage.join("modules.order"), order.as_bytes())
 }
 
 /// Packs `stage` as a gzip'd newc cpio archive, the format Linux unpacks.
