@@ -9,10 +9,12 @@
 
 pub mod chunk;
 pub mod client;
+pub mod config;
 mod hex;
 pub mod index;
 pub mod keys;
 pub mod layout;
+pub mod nbd;
 pub mod pack;
 pub mod reader;
 pub mod rollback;

@@ -185,7 +185,7 @@ pub fn pack(
 }
 
 /// One more than the generation of the index already in the store, if any.
-fn next_generation(store: &DirStore, name: &str) -> Result<u64, PackError> {
+pub(crate) fn next_generation(store: &DirStore, name: &str) -> Result<u64, PackError> {
     let path = store.index_file(name);
     match std::fs::read(&path) {
         Ok(bytes) => {

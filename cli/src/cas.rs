@@ -7,12 +7,15 @@ use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use circ_cas::chunk::{ChunkSize, Compression};
 use circ_cas::client::{self, OpenOptions};
+use circ_cas::config::ClientConfig;
 use circ_cas::keys::{self, SecretKey};
+use circ_cas::nbd::{self, BlockDevice, NbdServer, Overlay};
 use circ_cas::pack::{self, PackOptions};
 use circ_cas::serve::Server;
 use circ_cas::stats;
@@ -72,6 +75,50 @@ pub enum CasCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the verified image as an NBD export (Unix socket or TCP);
+    /// writes go to a copy-on-write overlay file.
+    Nbd {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Unix socket to listen on.
+        #[arg(long, required_unless_present = "listen", conflicts_with = "listen")]
+        socket: Option<PathBuf>,
+        /// TCP address to listen on (port 0: any; the bound one is printed).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Export read-only: writes get EPERM.
+        #[arg(long, conflicts_with = "overlay")]
+        read_only: bool,
+        /// Overlay file taking the writes (created if absent).
+        #[arg(long, required_unless_present = "read_only")]
+        overlay: Option<PathBuf>,
+    },
+    /// Turn an overlay into new chunks and a new signed index (generation + 1).
+    Commit {
+        overlay: PathBuf,
+        /// The index the overlay was made on (URL or path).
+        #[arg(long)]
+        index: String,
+        /// Publisher's public key, to verify that index.
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Secret key signing the new index.
+        #[arg(long)]
+        key: PathBuf,
+        /// Store receiving the new chunks (and the new index).
+        #[arg(long)]
+        store: PathBuf,
+        /// Chunk cache for reading the base image.
+        #[arg(long, env = "CIRC_CAS_CACHE")]
+        cache: Option<PathBuf>,
+        /// Write the new index here instead of STORE/indexes/NAME.cidx.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        no_sync: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Deduplication table across images for several chunk sizes (LBCAS).
     Stats {
         #[arg(required = true)]
@@ -90,14 +137,14 @@ pub struct SourceArgs {
     /// `http://HOST/STORE/indexes/NAME.cidx` or a local index file.
     index_url: String,
     /// Publisher's public key (KEY.pub).
-    #[arg(long)]
-    pubkey: PathBuf,
+    #[arg(long, env = "CIRC_CAS_PUBKEY")]
+    pubkey: Option<PathBuf>,
     /// Chunk cache and anti-rollback state.
     #[arg(long, env = "CIRC_CAS_CACHE")]
     cache: Option<PathBuf>,
-    /// Cache size limit in MiB.
-    #[arg(long, default_value_t = 4096)]
-    cache_mib: u64,
+    /// Cache size limit in MiB [default: 4096].
+    #[arg(long)]
+    cache_mib: Option<u64>,
     /// Another store root serving the same chunks (repeatable).
     #[arg(long = "mirror")]
     mirrors: Vec<String>,
@@ -107,6 +154,10 @@ pub struct SourceArgs {
     /// Parallel chunk fetches.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Settings file (TOML: pubkey, cache, cache_mib, mirrors); the
+    /// environment and flags override it.
+    #[arg(long, env = "CIRC_CAS_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 pub fn run(cmd: CasCommand) -> anyhow::Result<ExitCode> {
@@ -143,6 +194,35 @@ pub fn run(cmd: CasCommand) -> anyhow::Result<ExitCode> {
         CasCommand::Serve { store, listen } => serve(store, listen),
         CasCommand::Cat { source } => cat(source),
         CasCommand::Verify { source, json } => verify(source, json),
+        CasCommand::Nbd {
+            source,
+            socket,
+            listen,
+            read_only,
+            overlay,
+        } => {
+            debug_assert!(read_only == overlay.is_none());
+            nbd(&source, socket, listen, overlay)
+        }
+        CasCommand::Commit {
+            overlay,
+            index,
+            pubkey,
+            key,
+            store,
+            cache,
+            out,
+            no_sync,
+            json,
+        } => {
+            let mut opts = OpenOptions::new(index, keys::read_public(&pubkey)?);
+            opts.cache_dir = cache;
+            // The overlay's base is named by the operator: no rollback
+            // check, and nothing recorded.
+            opts.allow_rollback = true;
+            opts.record_generation = false;
+            commit(&opts, &overlay, &key, store, out.as_deref(), !no_sync, json)
+        }
         CasCommand::Stats {
             images,
             chunk_sizes,
@@ -256,16 +336,111 @@ fn serve(store: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
 }
 
 fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
-    let public_key = keys::read_public(&source.pubkey)?;
+    let config = match &source.config {
+        Some(path) => ClientConfig::read(path)?,
+        None => ClientConfig::default(),
+    };
+    let pubkey = source
+        .pubkey
+        .clone()
+        .or(config.pubkey)
+        .context("no public key: give --pubkey, CIRC_CAS_PUBKEY or `pubkey` in --config")?;
+    let public_key = keys::read_public(&pubkey)?;
     let mut opts = OpenOptions::new(source.index_url.clone(), public_key);
-    opts.cache_dir = source.cache.clone();
-    opts.cache_max_bytes = source.cache_mib.saturating_mul(1 << 20);
-    opts.mirrors = source.mirrors.clone();
+    opts.cache_dir = source.cache.clone().or(config.cache);
+    opts.cache_max_bytes = source
+        .cache_mib
+        .or(config.cache_mib)
+        .unwrap_or(4096)
+        .saturating_mul(1 << 20);
+    opts.mirrors = config.mirrors;
+    opts.mirrors.extend(source.mirrors.iter().cloned());
     opts.allow_rollback = source.allow_rollback;
     if opts.cache_dir.is_none() {
         tracing::warn!("no --cache: no chunk cache and no rollback protection across runs");
     }
     Ok(opts)
+}
+
+fn nbd(
+    source: &SourceArgs,
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    overlay: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let disk = nbd::open_disk(&open_options(source)?, overlay.as_deref())?;
+    let index = disk.reader().index();
+    let (name, generation, size) = (index.name.clone(), index.generation, index.image_size);
+    let writable = disk.overlay().is_some();
+    let disk: Arc<dyn BlockDevice> = Arc::new(disk);
+    let server = match (socket, listen) {
+        (Some(path), _) => NbdServer::bind_unix(&path, disk, &name)?,
+        (None, Some(addr)) => NbdServer::bind_tcp(addr, disk, &name)?,
+        (None, None) => anyhow::bail!("give --socket or --listen"),
+    };
+    // Scripts read this line (and tests the bound port).
+    println!(
+        "serving {name} generation {generation} ({size} bytes, {}) on {}",
+        if writable { "read-write" } else { "read-only" },
+        server.endpoint()?
+    );
+    std::io::stdout().flush()?;
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn commit(
+    opts: &OpenOptions,
+    overlay: &std::path::Path,
+    key: &std::path::Path,
+    store: PathBuf,
+    out: Option<&std::path::Path>,
+    durable: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let key = SecretKey::read(key)?;
+    let overlay = Overlay::open(overlay)?;
+    let base = client::open(opts)?;
+    let report = nbd::commit::commit(
+        &overlay,
+        &base.reader,
+        &DirStore::open(store),
+        &key,
+        out,
+        durable,
+    )?;
+    if json {
+        let value = serde_json::json!({
+            "index": report.index_path,
+            "index_sha256": report.index_sha256,
+            "name": report.name,
+            "old_generation": report.old_generation,
+            "generation": report.generation,
+            "chunks": report.chunks,
+            "changed_chunks": report.changed_chunks,
+            "new_chunks": report.new_chunks,
+            "new_stored_bytes": report.new_stored_bytes,
+            "written_blocks": report.written_blocks,
+            "seconds": report.elapsed.as_secs_f64(),
+        });
+        println!("{value}");
+    } else {
+        println!("index {}", report.index_path.display());
+        println!("sha256 {}", report.index_sha256);
+        println!(
+            "{} generation {} -> {}: {} blocks written, {} of {} chunks changed, {} new chunks ({} bytes), {:.2} s",
+            report.name,
+            report.old_generation,
+            report.generation,
+            report.written_blocks,
+            report.changed_chunks,
+            report.chunks,
+            report.new_chunks,
+            report.new_stored_bytes,
+            report.elapsed.as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cat(source: SourceArgs) -> anyhow::Result<ExitCode> {

@@ -88,6 +88,10 @@ memory = ${3:-128}
 vcpus = 1
 on_crash = "preserve"
 CFG
+    # More xl settings for this guest (e.g. a disk line), if the scenario sets them.
+    if [ -n "${GUEST_EXTRA_CONFIG:-}" ]; then
+        printf '%s\n' "$GUEST_EXTRA_CONFIG" >>"$cfg"
+    fi
     echo "$cfg"
 }
 

@@ -25,7 +25,7 @@ pub use events::{Event, Report};
 pub use run::{console_tail, run, scenario_script, RunOptions};
 
 /// Daemon binaries that, when built beside `circ`, are copied into dom0 too.
-pub const DAEMONS: &[&str] = &[];
+pub const DAEMONS: &[&str] = &["circ-memshare"];
 
 /// Binaries that, when built beside `circ`, go into the test guests' initrd
 /// (`/bin`) instead; the guest init starts `circ-guest-agent` if present.

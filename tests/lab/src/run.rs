@@ -16,6 +16,10 @@ const FATAL_CONSOLE_PATTERNS: &[&str] = &["Panic on CPU", "Kernel panic - not sy
 /// How long dom0 gets to reboot the machine (and so end QEMU) after the scenario ended.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
+/// Xen hotplug scripts of the project (paths from the checkout's root): they
+/// ride in the payload's `xen-scripts/` and dom0's init installs them into
+/// `/etc/xen/scripts/`.
+const XEN_SCRIPTS: &[&str] = &["cas-blk/scripts/block-circ"];
 
 /// What to run and where to keep its logs.
 #[derive(Debug, Clone)]
@@ -143,6 +147,13 @@ fn build_payload(
     copy(&lab.join("dom0/init"), &stage.join("init"))?;
     copy(&lab.join("dom0/lib.sh"), &stage.join("lib.sh"))?;
     copy(scenario, &stage.join("scenario.sh"))?;
+    mkdir(&stage.join("xen-scripts"))?;
+    for script in XEN_SCRIPTS {
+        let from = config.root.join(script);
+        if let Some(name) = from.file_name() {
+            copy(&from, &stage.join("xen-scripts").join(name))?;
+        }
+    }
     write(&stage.join("scenario.name"), opts.scenario.as_bytes())?;
     write(
         &stage.join("xen.flavor"),

@@ -1,0 +1,222 @@
+//! `circ cas nbd` and `circ cas commit` as processes: write through NBD
+//! (qemu-io), commit the overlay, read both generations back with `cat`.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn circ(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_circ"))
+        .args(args)
+        .env_remove("CIRC_LOG")
+        .env_remove("CIRC_CAS_CACHE")
+        .env_remove("CIRC_CAS_PUBKEY")
+        .env_remove("CIRC_CAS_CONFIG")
+        .output()
+        .expect("circ runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = circ(args);
+    assert!(
+        out.status.success(),
+        "circ {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A background `circ` process, killed when the test ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `circ ARGS` and waits for its first stdout line (printed once
+/// it listens); returns the process and that line.
+fn start(args: &[&str]) -> (Daemon, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_circ"))
+        .args(args)
+        .env_remove("CIRC_CAS_CACHE")
+        .env_remove("CIRC_CAS_PUBKEY")
+        .env_remove("CIRC_CAS_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("circ starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Daemon(child), line.trim().to_owned())
+}
+
+fn qemu_io(socket: &Path, commands: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"])
+        .arg(format!("nbd+unix:///?socket={}", socket.display()));
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.output().expect("qemu-io runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {commands:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn nbd_write_commit_then_both_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    // 512 KiB: eight 64 KiB chunks of bytes 1..=8.
+    let image: Vec<u8> = (0..8u8)
+        .flat_map(|k| std::iter::repeat_n(k + 1, 65_536))
+        .collect();
+    std::fs::write(p("disk.img"), &image).unwrap();
+    ok(&["cas", "keygen", "--out", s(&p("key"))]);
+    ok(&[
+        "cas",
+        "pack",
+        s(&p("disk.img")),
+        s(&p("store")),
+        "--key",
+        s(&p("key")),
+        "--chunk-size",
+        "64K",
+        "--name",
+        "disk",
+    ]);
+    let old_index = p("disk-gen1.cidx");
+    std::fs::copy(p("store/indexes/disk.cidx"), &old_index).unwrap();
+    let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
+    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+
+    // Settings from a config file, as the hotplug script passes them.
+    std::fs::write(
+        p("cas.toml"),
+        format!(
+            "pubkey = \"{}\"\ncache = \"{}\"\n",
+            s(&p("key.pub")),
+            s(&p("cache"))
+        ),
+    )
+    .unwrap();
+    let socket = p("nbd.sock");
+    let (nbd, line) = start(&[
+        "cas",
+        "nbd",
+        &url,
+        "--config",
+        s(&p("cas.toml")),
+        "--socket",
+        s(&socket),
+        "--overlay",
+        s(&p("disk.ovl")),
+    ]);
+    assert!(
+        line.contains("generation 1") && line.contains("read-write"),
+        "{line}"
+    );
+    qemu_io(&socket, &["write -P 0xee 70000 5000", "flush"]);
+    drop(nbd);
+
+    let out = ok(&[
+        "cas",
+        "commit",
+        s(&p("disk.ovl")),
+        "--index",
+        &url,
+        "--pubkey",
+        s(&p("key.pub")),
+        "--key",
+        s(&p("key")),
+        "--store",
+        s(&p("store")),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["generation"], 2, "{report}");
+    assert_eq!(report["changed_chunks"], 1, "{report}");
+    assert_eq!(report["new_chunks"], 1, "{report}");
+    assert_eq!(report["written_blocks"], 2, "{report}");
+
+    let mut expected = image.clone();
+    expected[70_000..75_000].fill(0xee);
+    let cache = p("cache");
+    let new = ok(&[
+        "cas",
+        "cat",
+        &url,
+        "--pubkey",
+        s(&p("key.pub")),
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(new.stdout == expected, "new generation differs");
+    // The old index is now a rollback: refused, then accepted when asked.
+    let refused = circ(&[
+        "cas",
+        "cat",
+        s(&old_index),
+        "--pubkey",
+        s(&p("key.pub")),
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rollback refused"));
+    let old = ok(&[
+        "cas",
+        "cat",
+        s(&old_index),
+        "--pubkey",
+        s(&p("key.pub")),
+        "--cache",
+        s(&cache),
+        "--allow-rollback",
+    ]);
+    assert!(old.stdout == image, "old generation differs");
+
+    // An overlay made on generation 1 is refused against generation 2.
+    let stale = circ(&[
+        "cas",
+        "nbd",
+        &url,
+        "--pubkey",
+        s(&p("key.pub")),
+        "--cache",
+        s(&p("cache2")),
+        "--socket",
+        s(&p("nbd2.sock")),
+        "--overlay",
+        s(&p("disk.ovl")),
+    ]);
+    assert!(!stale.status.success());
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("generation 1"));
+}
+
+#[test]
+fn nbd_needs_an_overlay_or_read_only() {
+    let out = circ(&[
+        "cas", "nbd", "x.cidx", "--pubkey", "k.pub", "--socket", "s.sock",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "usage error expected");
+    let out = circ(&["cas", "nbd", "x.cidx", "--pubkey", "k.pub", "--read-only"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a socket or address is required"
+    );
+}

@@ -1,0 +1,148 @@
+#!/bin/bash
+# Scenario `cas`: a PV guest's disk is a cas-blk image served over HTTP in
+# dom0, attached through `circ cas nbd` + the kernel's nbd + blkback by the
+# block-circ hotplug script. The guest checks its files; a corrupt chunk
+# gives the guest an I/O error, never wrong data; a new generation is seen
+# after a reboot; the old one only with an explicit rollback.
+set -u
+. /lab/lib.sh
+
+work=/tmp/cas
+store=$work/store
+cache=/var/cache/circular/cas
+url=http://127.0.0.1:8080/indexes/img.cidx
+mkdir -p "$work/tree" /etc/circular
+
+check "loopback is up" ip link set lo up
+
+# The guest disk: files of known content and the check the guest runs.
+head -c $((12 << 20)) /dev/urandom >"$work/tree/big.bin"
+head -c $((3 << 20)) /dev/urandom >"$work/tree/data.bin"
+echo "generation one" >"$work/tree/hello.txt"
+cat >"$work/tree/circ-check" <<'SH'
+#!/bin/sh
+# Prints `sha1 FILE SUM` for each file it can read, `error FILE` otherwise.
+cd /mnt || exit 1
+for f in *.bin *.txt; do
+    if sum=$(sha1sum "$f" 2>/dev/null); then
+        echo "sha1 $f ${sum%% *}"
+    else
+        echo "error $f"
+    fi
+done
+SH
+chmod 0755 "$work/tree/circ-check"
+sums() { (cd "$1" && for f in *.bin *.txt; do echo "sha1 $f $(sha1sum "$f" | cut -d' ' -f1)"; done); }
+sums "$work/tree" >"$LAB_OUT/cas-sums-1.txt"
+
+image_mib=128
+check "guest disk image made (ext4, ${image_mib} MiB)" \
+    mke2fs -q -t ext4 -b 4096 -L circ-cas -d "$work/tree" "$work/img" "${image_mib}M"
+check "signing key made" circ cas keygen --out "$work/key"
+t0=$(now_ms)
+check "image packed" sh -c "circ cas pack '$work/img' '$store' --key '$work/key' --name img --json >'$LAB_OUT/pack-1.json'"
+timing "cas: pack ${image_mib} MiB image" $(($(now_ms) - t0))
+check_json "first pack is generation 1" "$LAB_OUT/pack-1.json" '.generation == 1'
+info "cas: store after pack" "$(jq -c '{image_size, chunks, zero_chunks, unique_chunks, new_stored_bytes}' "$LAB_OUT/pack-1.json")"
+cp "$store/indexes/img.cidx" "$store/indexes/img-gen1.cidx"
+
+cat >/etc/circular/cas.toml <<TOML
+pubkey = "$work/key.pub"
+cache = "$cache"
+TOML
+circ cas serve "$store" --listen 127.0.0.1:8080 >"$LAB_OUT/cas-serve.log" 2>&1 &
+check "circ cas serve listens on 127.0.0.1:8080" wait_for 30 grep -q serving "$LAB_OUT/cas-serve.log"
+check "block-circ is installed" test -x /etc/xen/scripts/block-circ
+# Every hotplug command traced, and the servers' connections logged.
+export CIRC_BLOCK_TRACE=$LAB_OUT/block-circ.trace CIRC_LOG=info
+
+disk_line() { echo "disk = ['vdev=xvda, access=ro, script=block-circ, target=$1']"; }
+console_of() { guest_console "$1"; }
+checks_done() { grep -q 'circ-guest: disk checks done' "$(console_of "$1")"; }
+# guest_sums NAME: the guest's `circ-check` lines, without the prefix.
+guest_sums() { sed -n 's/^circ-check: //p' "$(console_of "$1")" | tr -d '\r'; }
+cache_bytes() { du -sb "$cache/chunks" 2>/dev/null | cut -f1; }
+
+# boot_guest NAME INDEX_URL: boots a PV guest on that disk and waits for its checks.
+boot_guest() {
+    local t0
+    t0=$(now_ms)
+    GUEST_EXTRA_CONFIG=$(disk_line "$2") start_guest "$1" pv || return 1
+    wait_for 240 checks_done "$1" || { echo "guest checks did not finish"; return 1; }
+    timing "$1: create to disk checks done" $(($(now_ms) - t0))
+}
+
+# --- 1. boot on generation 1: every file reads back exactly ---------------
+check "guest cas-1 boots with a cas-blk disk" boot_guest cas-1 "$url"
+guest_sums cas-1 >"$LAB_OUT/cas-1-guest.txt"
+check_eq "cas-1: guest reads every file exactly" "$(cat "$LAB_OUT/cas-sums-1.txt")" "$(cat "$LAB_OUT/cas-1-guest.txt")"
+domid=$(xl domid cas-1)
+be=/local/domain/0/backend/vbd/$domid/51712
+check_eq "hotplug-status is connected" connected "$(xenstore-read "$be/hotplug-status")"
+check "physical-device is the nbd device (major 43 = 0x2b)" \
+    sh -c "xenstore-read $be/physical-device | grep -q '^2b:'"
+check_eq "backend reads params = the index URL" "$url" "$(xenstore-read "$be/params")"
+fetched=$(cache_bytes)
+info "cas: bytes fetched for boot 1 (compressed chunks in the cache) vs image" \
+    "$(jq -cn --argjson f "${fetched:-0}" --argjson i $((image_mib << 20)) '{fetched: $f, image: $i}')"
+check "cas-1 destroyed" xl destroy cas-1
+check "hotplug remove stopped the server and freed the device" \
+    sh -c "! ls /run/circular/cas/*.pid 2>/dev/null && [ \"\$(cat /sys/block/nbd0/size)\" = 0 ]"
+
+# --- 2. a corrupt chunk on the server: I/O error, never wrong data ---------
+# A chunk in the middle of big.bin, dropped from the cache so it is fetched.
+chunk_size=$(jq -r '.image_size / .chunks | ceil' "$LAB_OUT/pack-1.json")
+fs_block=$(dumpe2fs -h "$work/img" 2>/dev/null | awk '/^Block size:/ {print $3}')
+block=$(debugfs -R "bmap /big.bin $(((6 << 20) / fs_block))" "$work/img" 2>/dev/null)
+chunk_no=$((block * fs_block / chunk_size))
+chunk_id=$(dd if="$work/img" bs="$chunk_size" skip="$chunk_no" count=1 2>/dev/null | sha1sum | cut -d' ' -f1)
+chunk_file=$(ls "$store/chunks/${chunk_id:0:2}/$chunk_id".* 2>/dev/null | head -1)
+check "big.bin's chunk $chunk_no is in the store ($chunk_id)" test -f "$chunk_file"
+cp "$chunk_file" "$work/chunk.good"
+head -c 4096 /dev/urandom | dd of="$chunk_file" bs=1 seek=100 conv=notrunc 2>/dev/null
+rm -rf "$cache/chunks"
+check "guest cas-2 boots on the corrupted store" boot_guest cas-2 "$url"
+guest_sums cas-2 >"$LAB_OUT/cas-2-guest.txt"
+check "cas-2: big.bin gives an I/O error" grep -qx "error big.bin" "$LAB_OUT/cas-2-guest.txt"
+check "cas-2: no wrong checksum of big.bin" sh -c "! grep -q '^sha1 big.bin' '$LAB_OUT/cas-2-guest.txt'"
+check_eq "cas-2: the other files read exactly" \
+    "$(grep -v big.bin "$LAB_OUT/cas-sums-1.txt")" "$(grep -v big.bin "$LAB_OUT/cas-2-guest.txt")"
+check "the NBD server refused the bad chunk" \
+    sh -c "grep -h 'NBD request failed' /run/circular/cas/*.log | grep -q $chunk_id"
+cp /run/circular/cas/*.log "$LAB_OUT/" 2>/dev/null
+check "cas-2 destroyed" xl destroy cas-2
+cp "$work/chunk.good" "$chunk_file"
+
+# --- 3. a new generation ---------------------------------------------------
+cp --sparse=always "$work/img" "$work/img2"
+echo "generation two" >"$work/hello2.txt"
+debugfs -w -R "rm /hello.txt" "$work/img2" >/dev/null 2>&1
+check "image updated (hello.txt rewritten)" \
+    sh -c "debugfs -w -R 'write $work/hello2.txt hello.txt' '$work/img2' && debugfs -R 'cat /hello.txt' '$work/img2' | grep -q 'generation two'"
+t0=$(now_ms)
+check "new image packed" sh -c "circ cas pack '$work/img2' '$store' --key '$work/key' --name img --json >'$LAB_OUT/pack-2.json'"
+timing "cas: re-pack after a one-file change" $(($(now_ms) - t0))
+check_json "second pack is generation 2 and adds few chunks" "$LAB_OUT/pack-2.json" \
+    '.generation == 2 and .new_chunks <= 4'
+info "cas: re-pack" "$(jq -c '{generation, new_chunks, new_stored_bytes}' "$LAB_OUT/pack-2.json")"
+sed 's/^sha1 hello.txt .*/sha1 hello.txt '"$(sha1sum "$work/hello2.txt" | cut -d' ' -f1)"'/' \
+    "$LAB_OUT/cas-sums-1.txt" >"$LAB_OUT/cas-sums-2.txt"
+check "guest cas-3 boots on generation 2" boot_guest cas-3 "$url"
+check_eq "cas-3: guest sees generation 2" "$(cat "$LAB_OUT/cas-sums-2.txt")" "$(guest_sums cas-3)"
+check "cas-3 destroyed" xl destroy cas-3
+
+# --- 4. rollback: refused, then accepted when asked -------------------------
+old=http://127.0.0.1:8080/indexes/img-gen1.cidx
+cfg=$(GUEST_EXTRA_CONFIG=$(disk_line "$old") guest_config cas-4 pv)
+check "generation 1 after generation 2 is refused (xl create fails)" \
+    sh -c "! xl create '$cfg' >>'$LAB_OUT/xl.log' 2>&1"
+check "the hotplug script reported the refused rollback" \
+    grep -q "rollback refused" /run/circular/cas/*.log /var/log/xen/xen-hotplug.log "$LAB_OUT/xl.log"
+xl destroy cas-4 >/dev/null 2>&1
+export CIRC_CAS_ALLOW_ROLLBACK=1
+check "guest cas-5 boots on generation 1 with the rollback allowed" boot_guest cas-5 "$old"
+unset CIRC_CAS_ALLOW_ROLLBACK
+check_eq "cas-5: guest sees generation 1 again" "$(cat "$LAB_OUT/cas-sums-1.txt")" "$(guest_sums cas-5)"
+check "cas-5 destroyed" xl destroy cas-5
+check_eq "only Domain-0 remains" 1 "$(xl list | tail -n +2 | wc -l)"
+cp /run/circular/cas/*.log "$LAB_OUT/" 2>/dev/null
