@@ -6,6 +6,7 @@
 
 mod cas;
 mod lab;
+mod share;
 mod xen;
 
 use std::io::IsTerminal as _;
@@ -32,6 +33,9 @@ enum Command {
     /// Build and run the real-Xen lab (Xen + dom0 under QEMU).
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Share identical guest pages copy-on-write (circ-memshare).
+    #[command(subcommand)]
+    Share(share::ShareCommand),
     /// Content-addressed, signed disk images over HTTP (cas-blk).
     #[command(subcommand)]
     Cas(cas::CasCommand),
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Xen(cmd) => xen::run(cmd),
         Command::Lab(cmd) => lab::run(cmd),
+        Command::Share(cmd) => share::run(cmd),
         Command::Cas(cmd) => cas::run(cmd),
     };
     match result {

@@ -179,13 +179,33 @@ fn build_payload(
     let guest_initrd = stage.join("guest/initrd.gz");
     copy(&artifacts.guest_initrd, &guest_initrd)?;
     if guest_extra.is_dir() {
-        // Linux unpacks concatenated cpio archives in order: the cached
-        // busybox initrd gets this run's guest binaries without a rebuild.
-        let extra = run_dir.join("guest-extra.gz");
-        pack_cpio(&guest_extra, &extra)?;
-        append(&extra, &guest_initrd)?;
+        // The cached busybox initrd plus this run's guest binaries, as one
+        // archive: unpack, add, pack again (about a second).
+        let tree = run_dir.join("guest-initrd");
+        mkdir(&tree)?;
+        run_cmd(
+            cmd(
+                "sh",
+                [
+                    "-c".as_ref(),
+                    "gzip -dc \"$1\" | cpio -id --quiet".as_ref(),
+                    "sh".as_ref(),
+                    artifacts.guest_initrd.as_os_str(),
+                ],
+            )
+            .current_dir(&tree),
+        )?;
+        run_cmd(&mut cmd(
+            "cp",
+            [
+                "-a".as_ref(),
+                guest_extra.join("bin").as_os_str(),
+                tree.as_os_str(),
+            ],
+        ))?;
+        pack_cpio(&tree, &guest_initrd)?;
+        remove_dir(&tree)?;
         remove_dir(&guest_extra)?;
-        std::fs::remove_file(&extra).map_err(LabError::io(&extra))?;
     }
     // What the machine booted, for scenarios that measure it.
     copy(&artifacts.xen, &stage.join("boot/xen"))?;
@@ -214,17 +234,6 @@ fn build_payload(
         ],
     ))?;
     remove_dir(&stage)
-}
-
-fn append(from: &Path, to: &Path) -> Result<()> {
-    let mut source = File::open(from).map_err(LabError::io(from))?;
-    let mut target = std::fs::OpenOptions::new()
-        .append(true)
-        .open(to)
-        .map_err(LabError::io(to))?;
-    std::io::copy(&mut source, &mut target)
-        .map(drop)
-        .map_err(LabError::io(to))
 }
 
 fn qemu_command(

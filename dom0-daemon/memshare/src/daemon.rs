@@ -1,0 +1,193 @@
+//! The daemon loop shared by `circ-memshare` and `circ share scan`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use circ_hv::{DomId, ForeignMemory, Hypervisor, XenStore};
+
+use crate::policy::{domain_name, prune_stale, resolve_domain, Policy};
+use crate::scanner::{RoundSummary, ScanConfig, SharingScanner};
+use crate::status::{write_atomically, DaemonStatus, ShareStatus, DEFAULT_STATUS_FILE};
+use crate::throttle::Limits;
+use crate::MemshareError;
+
+/// Options of a scanning run (flags of `circ-memshare` and `circ share scan`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScanArgs {
+    /// Scan only this domain (name or domid; repeatable). Default: every
+    /// opted-in domain. A domain must be opted in either way.
+    #[arg(long = "domain", value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+    /// One round, then exit. Pages equal now are shared at once (no
+    /// waiting for a second round to see them unchanged).
+    #[arg(long)]
+    pub once: bool,
+    /// Stop after this many rounds (default: run until killed).
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<u64>,
+    /// Seconds to rest between rounds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub interval: f64,
+    /// Pages read per second at most (0: no limit).
+    #[arg(long, default_value_t = 50_000)]
+    pub pages_per_sec: u64,
+    /// Fraction of one CPU the scan may use, in (0, 1].
+    #[arg(long, default_value_t = 0.5, value_parser = parse_budget)]
+    pub cpu_budget: f64,
+    /// Share pages that are equal in one round, without waiting for a
+    /// second round to see them unchanged.
+    #[arg(long)]
+    pub no_stability_wait: bool,
+    /// Status file rewritten after every round (read by `circ share status`).
+    #[arg(long, default_value = DEFAULT_STATUS_FILE, value_name = "PATH")]
+    pub status_file: PathBuf,
+    /// Also write Prometheus metrics (text format) to this file.
+    #[arg(long, value_name = "PATH")]
+    pub prometheus: Option<PathBuf>,
+    /// Print each round's summary as one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err("must be in (0, 1]".into())
+    }
+}
+
+impl ScanArgs {
+    pub fn config(&self) -> ScanConfig {
+        ScanConfig {
+            limits: Limits {
+                pages_per_sec: self.pages_per_sec,
+                cpu_budget: self.cpu_budget,
+            },
+            require_stable: !(self.once || self.no_stability_wait),
+            ..ScanConfig::default()
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Scan rounds until `--once`/`--rounds` says stop (or forever), writing
+/// the status file (and Prometheus file) after each and a line to `out`.
+pub fn run<H, F, S>(
+    hv: &H,
+    fm: &F,
+    xs: &S,
+    args: &ScanArgs,
+    out: &mut dyn Write,
+) -> Result<(), MemshareError>
+where
+    H: Hypervisor,
+    F: ForeignMemory,
+    S: XenStore,
+{
+    let mut scanner = SharingScanner::new(hv, fm, xs, args.config());
+    let mut status = DaemonStatus {
+        pid: std::process::id(),
+        started_unix_ms: unix_ms(),
+        ..DaemonStatus::default()
+    };
+    let limit = if args.once { Some(1) } else { args.rounds };
+    loop {
+        let only = resolve_only(hv, xs, &args.domains)?;
+        if !args.domains.is_empty() && only.is_empty() {
+            tracing::warn!("none of the --domain domains exists; nothing to scan");
+        }
+        prune(hv, xs)?;
+        let summary = if args.domains.is_empty() || !only.is_empty() {
+            scanner.round(&only)?
+        } else {
+            RoundSummary::default()
+        };
+        report(out, &summary, args.json);
+
+        status.rounds = scanner.rounds();
+        status.updated_unix_ms = unix_ms();
+        status.domains = scanner.stats();
+        status.last_round = Some(summary);
+        status.write(&args.status_file)?;
+        if let Some(path) = &args.prometheus {
+            let share = ShareStatus::collect(hv, xs, Some(status.clone()))?;
+            write_atomically(path, share.to_prometheus().as_bytes())?;
+        }
+        if limit.is_some_and(|n| scanner.rounds() >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.0)));
+    }
+}
+
+/// Domids of the `--domain` specs that exist now (names are resolved every
+/// round: a guest recreated under the same name gets a new domid).
+fn resolve_only<H: Hypervisor, S: XenStore>(
+    hv: &H,
+    xs: &S,
+    specs: &[String],
+) -> Result<Vec<DomId>, MemshareError> {
+    let mut only = Vec::new();
+    for spec in specs {
+        match resolve_domain(hv, xs, spec) {
+            Ok((info, _)) => only.push(info.domid),
+            Err(MemshareError::NoSuchDomain(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(only)
+}
+
+/// Drop opt-in keys of domains that are gone.
+fn prune<H: Hypervisor, S: XenStore>(hv: &H, xs: &S) -> Result<(), MemshareError> {
+    let policy = Policy::read(xs)?;
+    if policy.keyed_domids().next().is_none() {
+        return Ok(());
+    }
+    let mut live = Vec::new();
+    for info in hv.domains()? {
+        let name = domain_name(xs, info.domid)?;
+        live.push((info, name));
+    }
+    for dom in prune_stale(xs, &policy, &live)? {
+        tracing::info!(domid = %dom, "removed the opt-in key of a domain that is gone");
+    }
+    Ok(())
+}
+
+fn report(out: &mut dyn Write, s: &RoundSummary, json: bool) {
+    let line = if json {
+        serde_json::to_string(s).unwrap_or_default()
+    } else {
+        format!(
+            "round {}: {} domain(s), {} pages scanned, {} candidates in {} groups, \
+             {} shared ({} zero), {} already shared, {} changed, {} failed, \
+             {} vanished, {} ms ({} ms throttled)",
+            s.round,
+            s.domains.len(),
+            s.pages_scanned,
+            s.candidates,
+            s.groups,
+            s.pages_shared,
+            s.zero_pages_shared,
+            s.already_shared,
+            s.rejected_changed,
+            s.failed,
+            s.vanished.len(),
+            s.duration_ms,
+            s.throttled_ms
+        )
+    };
+    // A closed stdout must not stop the daemon.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,332 @@
+//! What the operator sees: `circ share status [--json]` and the daemon's
+//! status file, plus an optional Prometheus text file.
+//!
+//! The host and per-domain sharing figures come from Xen itself, so they
+//! are right even with no daemon running or after a restart; the daemon's
+//! own counters (pages scanned, shared by it, copy-on-write breaks seen)
+//! come from the status file it rewrites after every round.
+//!
+//! The JSON field names are an interface: the lab's `memshare` scenario
+//! reads them with jq.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use circ_hv::{pages_to_kib, DomainState, DomainType, ErrorKind, HvError, Hypervisor, XenStore};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{domain_name, Eligibility, Policy};
+use crate::scanner::{DomainStats, RoundSummary};
+use crate::MemshareError;
+
+/// Where the daemon writes its status by default.
+pub const DEFAULT_STATUS_FILE: &str = "/run/circular/memshare.json";
+
+/// The daemon's status file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub started_unix_ms: u64,
+    pub updated_unix_ms: u64,
+    pub rounds: u64,
+    pub last_round: Option<RoundSummary>,
+    pub domains: Vec<DomainStats>,
+}
+
+impl DaemonStatus {
+    /// Read a status file; `None` if there is none (no daemon ran).
+    pub fn read(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(status) => Some(status),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable status file");
+                None
+            }
+        }
+    }
+
+    /// Replace the file atomically (write aside, rename).
+    pub fn write(&self, path: &Path) -> Result<(), MemshareError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| MemshareError::Write {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
+        write_atomically(path, &json)
+    }
+}
+
+/// Host-wide sharing figures from Xen.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSharing {
+    /// False on a hypervisor without memory sharing (stock Debian Xen).
+    pub sharing_supported: bool,
+    /// Pages saved by sharing (`xc_sharing_freed_pages`).
+    pub freed_pages: u64,
+    /// Frames backing shared pages (`xc_sharing_used_frames`).
+    pub used_frames: u64,
+    pub freed_kib: u64,
+    pub free_memory_kib: u64,
+    pub total_memory_kib: u64,
+}
+
+/// The daemon as seen through its status file.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonSummary {
+    pub pid: u32,
+    pub rounds: u64,
+    pub updated_unix_ms: u64,
+    pub last_round: Option<RoundSummary>,
+}
+
+/// One domain: Xen's figures, the policy's decision, the daemon's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainShare {
+    pub domid: u16,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub domain_type: DomainType,
+    pub state: DomainState,
+    pub policy: Eligibility,
+    pub memory_kib: u64,
+    /// Xen: pages of this domain backed by a shared frame.
+    pub shr_pages: u64,
+    /// Daemon, last round: pages read.
+    pub pages_scanned: u64,
+    /// Daemon, cumulative: pages of this domain it shared (frames freed).
+    pub pages_shared: u64,
+    pub zero_pages_shared: u64,
+    /// Daemon: copy-on-write breaks seen since it started.
+    pub unshared_since: u64,
+    pub rejected_changed: u64,
+}
+
+/// `circ share status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareStatus {
+    pub host: HostSharing,
+    pub daemon: Option<DaemonSummary>,
+    pub domains: Vec<DomainShare>,
+}
+
+impl ShareStatus {
+    pub fn collect<H: Hypervisor, S: XenStore>(
+        hv: &H,
+        xs: &S,
+        daemon: Option<DaemonStatus>,
+    ) -> Result<Self, MemshareError> {
+        let phys = hv.physinfo()?;
+        let (supported, freed, used) = match (hv.sharing_freed_pages(), hv.sharing_used_frames()) {
+            (Ok(freed), Ok(used)) => (true, freed, used),
+            (Err(e), _) | (_, Err(e)) if e.kind() == ErrorKind::NotSupported => (false, 0, 0),
+            (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+        };
+        let host = HostSharing {
+            sharing_supported: supported,
+            freed_pages: freed,
+            used_frames: used,
+            freed_kib: pages_to_kib(freed),
+            free_memory_kib: pages_to_kib(phys.free_pages),
+            total_memory_kib: pages_to_kib(phys.total_pages),
+        };
+        let policy = Policy::read(xs)?;
+        let mut domains = Vec::new();
+        for info in hv.domains()? {
+            let name = domain_name(xs, info.domid)?;
+            let stats = daemon
+                .as_ref()
+                .and_then(|d| d.domains.iter().find(|s| s.domid == info.domid.0))
+                .filter(|s| s.name == name)
+                .cloned()
+                .unwrap_or_default();
+            domains.push(DomainShare {
+                domid: info.domid.0,
+                policy: policy.eligibility(&info, &name),
+                name,
+                domain_type: info.domain_type,
+                state: info.state,
+                memory_kib: info.memory_kib(),
+                shr_pages: info.shr_pages,
+                pages_scanned: stats.pages_scanned,
+                pages_shared: stats.pages_shared,
+                zero_pages_shared: stats.zero_pages_shared,
+                unshared_since: stats.unshared_since,
+                rejected_changed: stats.rejected_changed,
+            });
+        }
+        Ok(Self {
+            host,
+            daemon: daemon.map(|d| DaemonSummary {
+                pid: d.pid,
+                rounds: d.rounds,
+                updated_unix_ms: d.updated_unix_ms,
+                last_round: d.last_round,
+            }),
+            domains,
+        })
+    }
+
+    /// Human-readable summary.
+    pub fn to_text(&self) -> String {
+        let h = &self.host;
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        if h.sharing_supported {
+            let _ = writeln!(
+                out,
+                "sharing: {} pages freed ({} MiB), {} frames back shared pages; {} MiB free of {} MiB",
+                h.freed_pages,
+                h.freed_kib / 1024,
+                h.used_frames,
+                h.free_memory_kib / 1024,
+                h.total_memory_kib / 1024
+            );
+        } else {
+            let _ = writeln!(out, "sharing: not supported by this hypervisor");
+        }
+        match &self.daemon {
+            Some(d) => {
+                let _ = writeln!(out, "daemon:  pid {}, {} rounds", d.pid, d.rounds);
+            }
+            None => {
+                let _ = writeln!(out, "daemon:  no status file (not running?)");
+            }
+        }
+        let _ = writeln!(out);
+        let w = self
+            .domains
+            .iter()
+            .map(|d| d.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<w$}  {:<4}  {:<14}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "ID", "NAME", "TYPE", "POLICY", "MEM(MiB)", "SHR", "SCANNED", "SHARED", "UNSHARED"
+        );
+        for d in &self.domains {
+            let _ = writeln!(
+                out,
+                "{:>5}  {:<w$}  {:<4}  {:<14}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}",
+                d.domid,
+                d.name,
+                d.domain_type.as_str(),
+                d.policy.as_str(),
+                d.memory_kib / 1024,
+                d.shr_pages,
+                d.pages_scanned,
+                d.pages_shared,
+                d.unshared_since
+            );
+        }
+        out
+    }
+
+    /// Prometheus text exposition format (for node_exporter's textfile
+    /// collector).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let h = &self.host;
+        let gauge = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        gauge(
+            &mut out,
+            "circ_memshare_freed_pages",
+            "Pages freed by sharing (Xen).",
+        );
+        let _ = writeln!(out, "circ_memshare_freed_pages {}", h.freed_pages);
+        gauge(
+            &mut out,
+            "circ_memshare_used_frames",
+            "Frames backing shared pages (Xen).",
+        );
+        let _ = writeln!(out, "circ_memshare_used_frames {}", h.used_frames);
+        if let Some(d) = &self.daemon {
+            gauge(
+                &mut out,
+                "circ_memshare_rounds",
+                "Scan rounds done by the daemon.",
+            );
+            let _ = writeln!(out, "circ_memshare_rounds {}", d.rounds);
+        }
+        type Field = fn(&DomainShare) -> u64;
+        let per_domain: [(&str, &str, Field); 4] = [
+            (
+                "circ_memshare_domain_shr_pages",
+                "Pages backed by a shared frame (Xen).",
+                |d| d.shr_pages,
+            ),
+            (
+                "circ_memshare_domain_pages_scanned",
+                "Pages read in the last round.",
+                |d| d.pages_scanned,
+            ),
+            (
+                "circ_memshare_domain_pages_shared",
+                "Pages shared by the daemon.",
+                |d| d.pages_shared,
+            ),
+            (
+                "circ_memshare_domain_unshared",
+                "Copy-on-write breaks seen by the daemon.",
+                |d| d.unshared_since,
+            ),
+        ];
+        for (name, help, field) in per_domain {
+            gauge(&mut out, name, help);
+            for d in self
+                .domains
+                .iter()
+                .filter(|d| d.policy == Eligibility::Eligible)
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{domid=\"{}\",name=\"{}\"}} {}",
+                    d.domid,
+                    escape_label(&d.name),
+                    field(d)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Prometheus label values escape backslash, quote and newline.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Write `path` through a temporary file in the same directory and rename,
+/// so readers never see half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MemshareError> {
+    let err = |source| MemshareError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// For callers that only want to know whether sharing exists.
+pub fn sharing_supported<H: Hypervisor>(hv: &H) -> Result<bool, HvError> {
+    match hv.sharing_freed_pages() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotSupported => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,158 @@
+//! The daemon loop and the reports, over the fakes.
+
+use circ_hv::fake::{FakeHypervisor, FakeXenStore};
+use circ_hv::{DomId, DomainType, Gfn, Transaction, XenStore, PAGE_SIZE};
+use circ_memshare::policy::enable;
+use circ_memshare::{run, DaemonStatus, ScanArgs, ShareStatus};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(flatten)]
+    scan: ScanArgs,
+}
+
+fn host() -> (FakeHypervisor, FakeXenStore) {
+    let hv = FakeHypervisor::new();
+    let xs = FakeXenStore::new();
+    xs.write(Transaction::NONE, "/local/domain/0/name", b"Domain-0")
+        .unwrap();
+    for id in 1..=3u16 {
+        let dom = DomId(id);
+        hv.add_domain(dom, DomainType::Pvh, 1024);
+        xs.write(
+            Transaction::NONE,
+            &format!("/local/domain/{id}/name"),
+            format!("g{id}").as_bytes(),
+        )
+        .unwrap();
+        for g in 0..16 {
+            let fill = [g as u8 + 1; PAGE_SIZE];
+            hv.set_page(dom, Gfn(g), &fill);
+        }
+    }
+    enable(&hv, &xs, "g1").unwrap();
+    enable(&hv, &xs, "g2").unwrap();
+    (hv, xs)
+}
+
+#[test]
+fn once_shares_writes_the_status_file_and_prometheus() {
+    let (hv, xs) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("run/memshare.json");
+    let prom = dir.path().join("memshare.prom");
+    let args = Args::parse_from([
+        "x",
+        "--once",
+        "--json",
+        "--status-file",
+        status_file.to_str().unwrap(),
+        "--prometheus",
+        prom.to_str().unwrap(),
+        "--pages-per-sec",
+        "0",
+        "--cpu-budget",
+        "1",
+    ]);
+    let mut out = Vec::new();
+    run(&hv, &hv.foreign_memory(), &xs, &args.scan, &mut out).unwrap();
+
+    let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(line["round"], 1);
+    assert_eq!(
+        line["pages_shared"], 16,
+        "--once shares without a stable round"
+    );
+
+    let daemon = DaemonStatus::read(&status_file).unwrap();
+    assert_eq!(daemon.rounds, 1);
+    let g2 = daemon.domains.iter().find(|d| d.name == "g2").unwrap();
+    assert_eq!((g2.pages_scanned, g2.pages_shared), (16, 16));
+
+    let status = ShareStatus::collect(&hv, &xs, Some(daemon)).unwrap();
+    let v = serde_json::to_value(&status).unwrap();
+    assert_eq!(v["host"]["freed_pages"], 16);
+    assert_eq!(v["host"]["sharing_supported"], true);
+    let doms = v["domains"].as_array().unwrap();
+    let by_name = |n: &str| doms.iter().find(|d| d["name"] == n).unwrap();
+    assert_eq!(by_name("g1")["policy"], "eligible");
+    assert_eq!(by_name("g3")["policy"], "not-opted-in");
+    assert_eq!(by_name("g3")["shr_pages"], 0);
+    assert_eq!(by_name("Domain-0")["policy"], "control-domain");
+    assert_eq!(by_name("g2")["pages_shared"], 16);
+    for key in [
+        "domid",
+        "name",
+        "type",
+        "state",
+        "policy",
+        "memory_kib",
+        "shr_pages",
+        "pages_scanned",
+        "pages_shared",
+        "zero_pages_shared",
+        "unshared_since",
+        "rejected_changed",
+    ] {
+        assert!(by_name("g1").get(key).is_some(), "missing {key}");
+    }
+
+    let text = status.to_text();
+    assert!(text.contains("16 pages freed"), "{text}");
+    assert!(text
+        .lines()
+        .any(|l| l.contains("g3") && l.contains("not-opted-in")));
+
+    let prom = std::fs::read_to_string(&prom).unwrap();
+    assert!(prom.contains("circ_memshare_freed_pages 16\n"), "{prom}");
+    assert!(prom.contains("circ_memshare_domain_pages_shared{domid=\"2\",name=\"g2\"} 16\n"));
+    assert!(
+        !prom.contains("name=\"g3\""),
+        "only eligible domains get series"
+    );
+}
+
+#[test]
+fn status_without_daemon_or_sharing_still_reports() {
+    let (hv, xs) = host();
+    hv.set_sharing_supported(false);
+    let status = ShareStatus::collect(&hv, &xs, None).unwrap();
+    assert!(!status.host.sharing_supported);
+    assert!(status.daemon.is_none());
+    assert_eq!(status.domains.len(), 4);
+    assert!(status.to_text().contains("not supported"));
+}
+
+#[test]
+fn domain_filter_and_pruning_of_keys_of_gone_domains() {
+    let (hv, xs) = host();
+    enable(&hv, &xs, "g3").unwrap();
+    hv.remove_domain(DomId(3));
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("s.json");
+    let args = Args::parse_from([
+        "x",
+        "--once",
+        "--domain",
+        "g1",
+        "--domain",
+        "g2",
+        "--domain",
+        "no-such-guest",
+        "--status-file",
+        status_file.to_str().unwrap(),
+    ]);
+    let mut out = Vec::new();
+    run(&hv, &hv.foreign_memory(), &xs, &args.scan, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("round 1: 2 domain(s)"), "{text}");
+    assert!(
+        xs.read(Transaction::NONE, "/local/domain/0/circular/memshare/3")
+            .is_err(),
+        "the key of the destroyed domain is gone"
+    );
+    assert!(xs
+        .read(Transaction::NONE, "/local/domain/0/circular/memshare/1")
+        .is_ok());
+}

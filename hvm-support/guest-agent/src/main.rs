@@ -1,0 +1,251 @@
+//! `circ-guest-agent`: runs inside the lab's test guests (started by
+//! `tests/lab/guest/init`) and proves copy-on-write isolation of shared
+//! pages from the guest's side.
+//!
+//! At start it fills a page-aligned buffer with a pattern that is the same
+//! in every guest (so dom0 can share it across guests), reports `filled` on
+//! its console and in `data/circ-agent/state`, then polls
+//! `data/circ-agent/command` in its own xenstore directory:
+//! - `write`: overwrite the second half of the buffer with a pattern unique
+//!   to this guest (derived from its name), then verify the whole buffer;
+//! - any other new value (e.g. `verify-2`): verify the whole buffer.
+//!
+//! Each verification is reported as `<command> ok` or `<command> bad=N
+//! first=I` (console line `circ-guest-agent: ...` and the state node): a
+//! guest that ever saw another guest's bytes, or stale ones, says `bad`.
+//!
+//! xenstore is spoken over `/dev/xen/xenbus` with the plain wire protocol
+//! (a 16-byte header, then the payload): no library in a busybox guest.
+#![forbid(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+const PAGE_SIZE: usize = 4096;
+/// 32 MiB: large against what sharing frees elsewhere, small for 128 MiB guests.
+const BUFFER_PAGES: usize = 8192;
+/// The same in every guest.
+const COMMON_SEED: u64 = 0x6369_7263_2d73_6861;
+
+const XS_READ: u32 = 2;
+const XS_WRITE: u32 = 11;
+const XS_ERROR: u32 = 16;
+/// Replies are small; a larger length means a confused stream.
+const MAX_REPLY: usize = 4096;
+
+const STATE: &str = "data/circ-agent/state";
+const COMMAND: &str = "data/circ-agent/command";
+
+/// One page, aligned so that buffer pages are guest pages.
+#[derive(Clone)]
+#[repr(align(4096))]
+struct Page([u8; PAGE_SIZE]);
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn word(seed: u64, page: usize, word: usize) -> [u8; 8] {
+    splitmix64(seed ^ ((page as u64) << 9 | word as u64)).to_le_bytes()
+}
+
+fn fill(page: &mut Page, seed: u64, index: usize) {
+    for (w, chunk) in page.0.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&word(seed, index, w));
+    }
+}
+
+fn holds(page: &Page, seed: u64, index: usize) -> bool {
+    page.0
+        .chunks_exact(8)
+        .enumerate()
+        .all(|(w, chunk)| chunk == word(seed, index, w))
+}
+
+/// FNV-1a, to derive this guest's own seed from its name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+struct Xenbus {
+    dev: File,
+    req_id: u32,
+}
+
+impl Xenbus {
+    fn open() -> io::Result<Self> {
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/xen/xenbus")?;
+        Ok(Self { dev, req_id: 0 })
+    }
+
+    fn request(&mut self, kind: u32, payload: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        self.req_id = self.req_id.wrapping_add(1);
+        let len = u32::try_from(payload.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too long"))?;
+        let mut msg = Vec::with_capacity(16 + payload.len());
+        for v in [kind, self.req_id, 0, len] {
+            msg.extend_from_slice(&v.to_le_bytes());
+        }
+        msg.extend_from_slice(payload);
+        self.dev.write_all(&msg)?;
+        let mut header = [0u8; 16];
+        self.dev.read_exact(&mut header)?;
+        let field =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let reply_len = field(12) as usize;
+        if reply_len > MAX_REPLY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "oversized xenbus reply",
+            ));
+        }
+        let mut body = vec![0u8; reply_len];
+        self.dev.read_exact(&mut body)?;
+        Ok((field(0), body))
+    }
+
+    /// A node's value, `None` if it does not exist (or cannot be read).
+    fn read(&mut self, path: &str) -> io::Result<Option<String>> {
+        let mut payload = path.as_bytes().to_vec();
+        payload.push(0);
+        let (kind, body) = self.request(XS_READ, &payload)?;
+        if kind == XS_ERROR {
+            return Ok(None);
+        }
+        Ok(Some(
+            String::from_utf8_lossy(&body)
+                .trim_end_matches('\0')
+                .to_owned(),
+        ))
+    }
+
+    fn write(&mut self, path: &str, value: &str) -> io::Result<()> {
+        let mut payload = path.as_bytes().to_vec();
+        payload.push(0);
+        payload.extend_from_slice(value.as_bytes());
+        let (kind, body) = self.request(XS_WRITE, &payload)?;
+        if kind == XS_ERROR {
+            return Err(io::Error::other(format!(
+                "xenstore write of {path} failed: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn say(line: &str) {
+    println!("circ-guest-agent: {line}");
+}
+
+/// Check every page against what this guest last wrote there.
+fn verify(buffer: &[Page], own_seed: u64, written: bool) -> (usize, Option<usize>) {
+    let half = buffer.len() / 2;
+    let mut bad = 0;
+    let mut first = None;
+    for (i, page) in buffer.iter().enumerate() {
+        let seed = if written && i >= half {
+            own_seed
+        } else {
+            COMMON_SEED
+        };
+        if !holds(page, seed, i) {
+            bad += 1;
+            first.get_or_insert(i);
+        }
+    }
+    (bad, first)
+}
+
+fn main() {
+    say("up");
+    let mut xb = match Xenbus::open() {
+        Ok(xb) => xb,
+        Err(e) => {
+            say(&format!("no xenbus ({e}); idle"));
+            return;
+        }
+    };
+    let name = xb.read("name").ok().flatten().unwrap_or_default();
+    let own_seed = fnv1a(name.as_bytes()) | 1;
+
+    let mut buffer = vec![Page([0; PAGE_SIZE]); BUFFER_PAGES];
+    for (i, page) in buffer.iter_mut().enumerate() {
+        fill(page, COMMON_SEED, i);
+    }
+    say(&format!("filled pages={BUFFER_PAGES} name={name}"));
+    if let Err(e) = xb.write(STATE, "filled") {
+        say(&format!("cannot report state: {e}"));
+    }
+
+    let mut written = false;
+    let mut last = String::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let command = match xb.read(COMMAND) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                say(&format!("xenbus read failed: {e}; stopping"));
+                return;
+            }
+        };
+        if command == last || command.is_empty() {
+            continue;
+        }
+        last.clone_from(&command);
+        if command == "write" && !written {
+            let half = buffer.len() / 2;
+            for (i, page) in buffer.iter_mut().enumerate().skip(half) {
+                fill(page, own_seed, i);
+            }
+            written = true;
+        }
+        let (bad, first) = verify(&buffer, own_seed, written);
+        let state = match first {
+            None => format!("{command} ok"),
+            Some(first) => format!("{command} bad={bad} first={first}"),
+        };
+        say(&format!("{state} pages={BUFFER_PAGES}"));
+        if let Err(e) = xb.write(STATE, &state) {
+            say(&format!("cannot report state: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_differ_between_seeds_and_pages_and_verify() {
+        let mut a = Page([0; PAGE_SIZE]);
+        let mut b = Page([0; PAGE_SIZE]);
+        fill(&mut a, COMMON_SEED, 3);
+        fill(&mut b, COMMON_SEED, 4);
+        assert!(holds(&a, COMMON_SEED, 3) && !holds(&a, COMMON_SEED, 4));
+        assert_ne!(a.0, b.0);
+        let own = fnv1a(b"ms-a") | 1;
+        assert_ne!(own, fnv1a(b"ms-b") | 1);
+        assert!(!holds(&a, own, 3));
+
+        let mut buffer = vec![Page([0; PAGE_SIZE]); 4];
+        for (i, p) in buffer.iter_mut().enumerate() {
+            fill(p, if i >= 2 { own } else { COMMON_SEED }, i);
+        }
+        assert_eq!(verify(&buffer, own, true), (0, None));
+        // Another guest's bytes in page 3 are caught.
+        fill(&mut buffer[3], fnv1a(b"ms-b") | 1, 3);
+        assert_eq!(verify(&buffer, own, true), (1, Some(3)));
+        assert_eq!(verify(&buffer, own, false).0, 2);
+    }
+}
