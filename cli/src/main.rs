@@ -4,9 +4,12 @@
 //! component's module; the work lives in the libraries.
 #![forbid(unsafe_code)]
 
+mod attest;
 mod cas;
 mod lab;
+mod measure;
 mod share;
+mod tpm;
 mod xen;
 
 use std::io::IsTerminal as _;
@@ -18,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "circ", version, about = "Circular: a Xen toolstack extension")]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `debug` or `circ_lab=trace`.
-    #[arg(long, global = true, env = "CIRC_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "CIRC_LOG", default_value = "info,tss_esapi=warn")]
     log: String,
 
     #[command(subcommand)]
@@ -39,6 +42,15 @@ enum Command {
     /// Content-addressed, signed disk images over HTTP (cas-blk).
     #[command(subcommand)]
     Cas(cas::CasCommand),
+    /// Measure files and domains into the TPM and the event log (before `xl create`).
+    #[command(subcommand)]
+    Measure(measure::MeasureCommand),
+    /// Attestation: the AK, quotes with the event log, verification, policies.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
+    /// Seal and unseal secrets to PCR values; TPM housekeeping.
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,9 @@ fn main() -> ExitCode {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Share(cmd) => share::run(cmd),
         Command::Cas(cmd) => cas::run(cmd),
+        Command::Measure(cmd) => measure::run(cmd),
+        Command::Attest(cmd) => attest::run(cmd),
+        Command::Tpm(cmd) => tpm::run(cmd),
     };
     match result {
         Ok(code) => code,

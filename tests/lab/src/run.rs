@@ -21,6 +21,9 @@ const POLL: Duration = Duration::from_millis(200);
 /// `/etc/xen/scripts/`.
 const XEN_SCRIPTS: &[&str] = &["cas-blk/scripts/block-circ"];
 
+/// Name, in the run directory, of the guest initrd the run shipped.
+const GUEST_INITRD_COPY: &str = "guest-initrd.gz";
+
 /// What to run and where to keep its logs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -207,6 +210,9 @@ fn build_payload(
         remove_dir(&tree)?;
         remove_dir(&guest_extra)?;
     }
+    // The guests' initrd as this run ships it, for the host half of a
+    // scenario (a policy of known-good files is built from it).
+    copy(&guest_initrd, &run_dir.join(GUEST_INITRD_COPY))?;
     // What the machine booted, for scenarios that measure it.
     copy(&artifacts.xen, &stage.join("boot/xen"))?;
     copy(&artifacts.vmlinuz, &stage.join("boot/vmlinuz"))?;
@@ -443,7 +449,7 @@ fn run_host_checks(
         .env("LAB_BOOT_VMLINUZ", &artifacts.vmlinuz)
         .env("LAB_BOOT_INITRAMFS", &artifacts.dom0_initramfs)
         .env("LAB_GUEST_VMLINUZ", &artifacts.vmlinuz)
-        .env("LAB_GUEST_INITRD", &artifacts.guest_initrd);
+        .env("LAB_GUEST_INITRD", run_dir.join(GUEST_INITRD_COPY));
     if let Some(circ) = opts.binaries.first() {
         host.env("CIRC", circ);
     }

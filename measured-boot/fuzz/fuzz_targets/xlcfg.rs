@@ -1,0 +1,10 @@
+//! The xl configuration parser on any text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = circ_measured_boot::xlcfg::plan(text);
+    }
+});
