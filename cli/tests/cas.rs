@@ -1,30 +1,14 @@
 //! `circ cas` as a user runs it: separate processes talking HTTP on
 //! 127.0.0.1, with `circ cas serve` and with python's http.server.
 
+mod common;
+
+use common::{circ, ok, s};
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn circ(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_circ"))
-        .args(args)
-        .env_remove("CIRC_LOG")
-        .env_remove("CIRC_CAS_CACHE")
-        .output()
-        .expect("circ runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = circ(args);
-    assert!(
-        out.status.success(),
-        "circ {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Kills the server process when the test ends, pass or fail.
 struct Server {
@@ -94,10 +78,6 @@ fn python_serve(store: &Path) -> Server {
         std::thread::sleep(Duration::from_millis(10));
     }
     server
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 struct Setup {

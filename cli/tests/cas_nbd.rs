@@ -1,63 +1,11 @@
 //! `circ cas nbd` and `circ cas commit` as processes: write through NBD
 //! (qemu-io), commit the overlay, read both generations back with `cat`.
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
+use common::{circ, ok, s, start};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-fn circ(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_circ"))
-        .args(args)
-        .env_remove("CIRC_LOG")
-        .env_remove("CIRC_CAS_CACHE")
-        .env_remove("CIRC_CAS_PUBKEY")
-        .env_remove("CIRC_CAS_CONFIG")
-        .output()
-        .expect("circ runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = circ(args);
-    assert!(
-        out.status.success(),
-        "circ {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A background `circ` process, killed when the test ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `circ ARGS` and waits for its first stdout line (printed once
-/// it listens); returns the process and that line.
-fn start(args: &[&str]) -> (Daemon, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_circ"))
-        .args(args)
-        .env_remove("CIRC_CAS_CACHE")
-        .env_remove("CIRC_CAS_PUBKEY")
-        .env_remove("CIRC_CAS_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("circ starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Daemon(child), line.trim().to_owned())
-}
+use std::process::Command;
 
 fn qemu_io(socket: &Path, commands: &[&str]) -> String {
     let mut cmd = Command::new("qemu-io");

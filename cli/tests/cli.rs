@@ -1,15 +1,9 @@
 //! The `circ` binary as a user meets it: arguments, exit codes, messages.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn circ(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_circ"))
-        .args(args)
-        .env_remove("CIRC_LOG")
-        .output()
-        .expect("circ runs")
-}
+use common::circ;
+use std::path::Path;
 
 #[test]
 fn xen_info_outside_dom0_says_so_in_one_line() {

@@ -2,6 +2,7 @@
 //! this parses flags, opens the Xen handles and calls [`circ_memshare::run`].
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -27,6 +28,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: the daemon's log usually goes to a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     match run(&cli) {

@@ -549,7 +549,12 @@ where
         }
         let mut nominated: BTreeMap<DomId, Vec<(Gfn, SharingHandle)>> = BTreeMap::new();
         for (dom, gfns) in by_dom {
-            if let Some(fresh) = self.nominate_private(dom, &gfns, source, round) {
+            // Nothing fresh to share in this domain: no mapping to make (a
+            // map of zero frames is an error, not an empty mapping).
+            if let Some(fresh) = self
+                .nominate_private(dom, &gfns, source, round)
+                .filter(|fresh| !fresh.is_empty())
+            {
                 nominated.insert(dom, fresh);
             }
         }

@@ -128,8 +128,10 @@ check "circ share scan --once after a restart" once
 check_json "the restarted scan recognizes the shared pages and shares nothing twice" \
     "$LAB_OUT/once.log" '.already_shared >= 8192 and .pages_shared < 1000'
 check "sharing survived the restart" status restarted
-check_json "freed pages unchanged or more after the restart" "$LAB_OUT/restarted.json" \
-    ".host.freed_pages >= $freed"
+# Guests keep running, so a few of their shared pages may be written (and
+# unshared) meanwhile: at least 99% of the sharing must survive.
+check_json "freed pages kept (>= 99%) across the restart" "$LAB_OUT/restarted.json" \
+    ".host.freed_pages >= $freed * 0.99"
 start_daemon
 
 # Copy-on-write: every guest writes half its buffer with its own pattern,

@@ -1,0 +1,64 @@
+//! Helpers for the tests that run `circ` as a separate process.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+/// `circ ARGS`, with none of the caller's `CIRC_*` settings.
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_circ"));
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CIRC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs `circ ARGS` to completion.
+pub fn circ(args: &[&str]) -> Output {
+    command(args).output().expect("circ runs")
+}
+
+/// Runs `circ ARGS` and insists it succeeds.
+pub fn ok(args: &[&str]) -> Output {
+    let out = circ(args);
+    assert!(
+        out.status.success(),
+        "circ {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A background process, killed when the test ends, pass or fail.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `circ ARGS` and waits for its first stdout line (servers print it
+/// once they listen); returns the process and that line.
+pub fn start(args: &[&str]) -> (KillOnDrop, String) {
+    let mut child = command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("circ starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    (KillOnDrop(child), line.trim().to_owned())
+}
