@@ -21,8 +21,14 @@ use clap::{Parser, Subcommand};
 #[command(name = "circ", version, about = "Circular: a Xen toolstack extension")]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `debug` or `circ_lab=trace`.
-    #[arg(long, global = true, env = "CIRC_LOG", default_value = "info,tss_esapi=warn")]
-    log: String,
+    /// (`--log` names the measurement event log of the TPM commands.)
+    #[arg(
+        long,
+        global = true,
+        env = "CIRC_LOG",
+        default_value = "info,tss_esapi=warn"
+    )]
+    log_filter: String,
 
     #[command(subcommand)]
     command: Command,
@@ -56,7 +62,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_filter))
         .with_writer(std::io::stderr)
         // Colour only on a terminal: logs in files (the lab's, CI's) stay plain text.
         .with_ansi(std::io::stderr().is_terminal())

@@ -46,8 +46,7 @@ pub struct TpmArgs {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// The measurement event log (default /var/lib/circular/measurements.log).
-    /// (`--log` is taken: it is circ's global log filter.)
-    #[arg(long = "event-log", env = "CIRC_MEASURE_LOG")]
+    #[arg(long = "log", visible_alias = "event-log", env = "CIRC_MEASURE_LOG")]
     event_log: Option<PathBuf>,
 }
 

@@ -18,7 +18,7 @@ const EXIT_NOT_DOM0: u8 = 2;
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "CIRC_LOG", default_value = "info")]
-    log: String,
+    log_filter: String,
     #[command(flatten)]
     scan: circ_memshare::ScanArgs,
 }
@@ -26,7 +26,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_filter))
         .with_writer(std::io::stderr)
         // Colour only on a terminal: the daemon's log usually goes to a file.
         .with_ansi(std::io::stderr().is_terminal())

@@ -87,6 +87,9 @@ extra = "console=hvc0 quiet"
 memory = ${3:-128}
 vcpus = 1
 on_crash = "preserve"
+# A lab guest never reboots on purpose: keep one that does (e.g. after a
+# triple fault) for the logs instead of restarting it under a new domid.
+on_reboot = "preserve"
 CFG
     # More xl settings for this guest (e.g. a disk line), if the scenario sets them.
     if [ -n "${GUEST_EXTRA_CONFIG:-}" ]; then
