@@ -46,7 +46,7 @@ die() {
 ensure_packages() {
     local missing=() pair cmd pkg
     for pair in nginx:nginx-light nbdkit:nbdkit casync:casync qemu-io:qemu-utils \
-        qemu-img:qemu-utils filefrag:e2fsprogs debugfs:e2fsprogs jq:jq; do
+        qemu-img:qemu-utils filefrag:e2fsprogs debugfs:e2fsprogs jq:jq curl:curl; do
         cmd=${pair%%:*}
         pkg=${pair#*:}
         if ! command -v "$cmd" >/dev/null 2>&1 && [[ " ${missing[*]} " != *" $pkg "* ]]; then
@@ -422,7 +422,7 @@ report() {
 
     echo
     echo "2. reads with qemu-io (one client, one request at a time), MB/s or IOPS net of qemu-io start-up"
-    echo "   sequential: $seq_count x 4 MiB over the image's data ($(calc "$seq_bytes / 1e6") MB); random: $random_reads x 4 KiB in the data, seed $seed"
+    echo "   sequential: $seq_count x 4 MiB over the image's data ($(printf '%.0f' "$(calc "$seq_bytes / 1e6")") MB); random: $random_reads x 4 KiB in the data, seed $seed"
     echo "   peers and warm circ: best of $reps; cold circ: best of $reps, each a new server on an empty cache"
     printf '%-20s %12s %12s %12s %12s %11s %10s  %s\n' "" "circ nbd" "nbdkit-curl" "local raw" "circ/nbdkit" "circ/local" "target" "met"
     local row name c n l rn rl target met
@@ -440,7 +440,8 @@ report() {
         fi
         printf '%-20s %12.0f %12.0f %12.0f %11.2fx %10.2fx %11s  %s\n' "$name" "$c" "$n" "$l" "$rn" "$rl" "$target" "$met"
     done
-    echo "   rand 4K in MB/s: circ cold $(calc "$cr * 4096 / 1e6"), warm $(calc "$wr * 4096 / 1e6"), nbdkit-curl $(calc "$nr * 4096 / 1e6"), local $(calc "$lr * 4096 / 1e6")"
+    printf '   rand 4K in MB/s: circ cold %.1f, warm %.1f, nbdkit-curl %.1f, local %.1f\n' \
+        "$(calc "$cr * 4096 / 1e6")" "$(calc "$wr * 4096 / 1e6")" "$(calc "$nr * 4096 / 1e6")" "$(calc "$lr * 4096 / 1e6")"
 
     echo
     echo "3. dedup (circ cas stats, zstd), two versions of the image, beside LBCAS's published figures"
@@ -465,7 +466,7 @@ print_stats() {
             esac
             printf '   %-6s %12.1f %10d %10d %10d %8.1f %8.2f %10.3f | %11s %8s\n' "$((size / 1024))K" \
                 "$(calc "$input / 1e6")" "$chunks" "$zero" "$unique" "$(calc "$stored / 1e6")" "$dedup" \
-                "$(calc "$stored / $base")" "${lbcas:--}" "$([[ -n $lbcas ]] && calc "$lbcas / 6723" || echo -)"
+                "$(calc "$stored / $base")" "${lbcas:--}" "$([[ -n $lbcas ]] && printf '%.3f' "$(calc "$lbcas / 6723")" || echo -)"
         done
 }
 

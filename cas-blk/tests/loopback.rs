@@ -238,6 +238,17 @@ fn a_chunk_bad_everywhere_fails_that_read_only() {
         other => panic!("expected a corrupt chunk, got {other:?}"),
     }
     assert_eq!(buf, vec![0u8; 100], "no wrong data was written");
+    // A read over several chunks (fetched in parallel) fails as a whole.
+    let mut wide = vec![0u8; 3 * 65_536];
+    match opened.reader.read_at(100, &mut wide) {
+        Err(ReadError::Chunk { index: 0, .. }) => {}
+        other => panic!("expected chunk 0 to fail the read, got {other:?}"),
+    }
+    assert!(wide.iter().all(|&b| b == 0), "no data was written");
+    // Chunks 1 to 4 (chunk 5 is a copy of chunk 0, so bad too).
+    let mut rest = vec![0u8; 4 * 65_536 - 12];
+    opened.reader.read_at(65_536 + 7, &mut rest).unwrap();
+    assert_eq!(rest, data[65_536 + 7..5 * 65_536 - 5]);
     let mut tail = vec![0u8; 1000];
     opened.reader.read_at(7 * 65_536, &mut tail).unwrap();
     assert_eq!(tail, data[7 * 65_536..7 * 65_536 + 1000]);

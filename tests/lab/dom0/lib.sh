@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell library for lab scenarios running in dom0 (sourced, bash).
 #
 # Scenarios report through events, one JSON object per console line behind

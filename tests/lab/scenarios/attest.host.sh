@@ -2,6 +2,7 @@
 # Host half of `attest`: verify dom0's quotes outside the lab, against a
 # policy built from the files the host gave the lab (known good).
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . "$LAB_LIB"
 
 policy="$LAB_RUN_DIR/policy.toml"

@@ -4,6 +4,7 @@
 # each domain before `xl create`, then quotes; the host half verifies the
 # quotes against a policy built from the known-good files.
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
 
 export CIRC_MEASURE_LOG="$LAB_OUT/measurements.log"

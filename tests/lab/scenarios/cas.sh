@@ -5,6 +5,7 @@
 # gives the guest an I/O error, never wrong data; a new generation is seen
 # after a reboot; the old one only with an explicit rollback.
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
 
 work=/tmp/cas

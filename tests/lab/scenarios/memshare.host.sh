@@ -1,6 +1,7 @@
 #!/bin/bash
 # Host half of `memshare`: the guests' own word, from their consoles.
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . "$LAB_LIB"
 
 if [ "${LAB_XEN:-}" = stock ]; then

@@ -7,6 +7,7 @@
 # bytes); a shared guest is destroyed and the host must stay consistent.
 # On the stock hypervisor (no CONFIG_MEM_SHARING) the tools must refuse cleanly.
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
 
 STATUS_FILE=/run/circular/memshare.json

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Host half of `smoke`: the logs dom0 kept came back to the run directory.
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . "$LAB_LIB"
 
 check "guest consoles came back from dom0" \

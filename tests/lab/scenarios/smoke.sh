@@ -2,6 +2,7 @@
 # Scenario `smoke`: the bindings see real Xen, and real PV and PVH guests
 # come and go. Runs in the lab's dom0 (see tests/lab/dom0/init).
 set -u
+# shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
 
 info_json() { circ xen info --json >"$LAB_OUT/$1.json"; }
