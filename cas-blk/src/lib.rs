@@ -26,3 +26,17 @@ pub use chunk::{ChunkId, ChunkRef, ChunkSize, Compression};
 pub use index::IndexV1;
 pub use reader::ImageReader;
 pub use store::{ChunkStore, VerifyingStore};
+
+/// An error and its causes on one line, as `anyhow`'s `{:#}` prints them:
+/// for logs and reports that must say why (a mirror's HTTP error inside a
+/// store error, say) without a multi-line chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

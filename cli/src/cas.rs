@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use circ_cas::chunk::{ChunkSize, Compression};
 use circ_cas::client::{self, OpenOptions};
 use circ_cas::config::ClientConfig;
+use circ_cas::error_chain;
 use circ_cas::keys::{self, SecretKey};
 use circ_cas::nbd::{self, BlockDevice, NbdServer, Overlay};
 use circ_cas::pack::{self, PackOptions};
@@ -556,16 +557,4 @@ fn stats_cmd(
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// An error and its causes on one line, as `anyhow`'s `{:#}` prints them.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::disk::BlockDevice;
 use super::proto::{self, Action};
+use crate::error_chain;
 
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -133,17 +134,6 @@ impl NbdServer {
     pub fn spawn(self) -> std::thread::JoinHandle<io::Result<()>> {
         std::thread::spawn(move || self.run())
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {

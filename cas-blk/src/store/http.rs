@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{ChunkCheck, ChunkStore, StoreError};
 use crate::chunk::ChunkRef;
+use crate::error_chain;
 use crate::layout;
 
 /// Weight of the newest sample in the latency average.
@@ -310,15 +311,4 @@ impl ChunkStore for HttpStore {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Statistics stay usable even if a thread panicked while holding them.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
