@@ -28,7 +28,8 @@ pub trait ForeignMemory {
     /// Map `gfns` (in this order) into one contiguous range. Frames that
     /// could not be mapped (holes, paged out, not permitted) are reported per
     /// page by [`ForeignMapping::page_error`]; only a failure of the whole
-    /// call is an `Err`.
+    /// call is an `Err`. An empty `gfns` is `InvalidInput`: there is no
+    /// mapping of zero frames.
     fn map(
         &self,
         dom: DomId,

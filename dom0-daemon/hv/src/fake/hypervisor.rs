@@ -489,6 +489,14 @@ impl ForeignMemory for FakeForeignMemory {
         prot: Protection,
         placement: Placement,
     ) -> Result<FakeForeignMapping, HvError> {
+        // As the real wrapper: a mapping of zero frames does not exist.
+        if gfns.is_empty() {
+            return Err(HvError::with_kind(
+                format!("failed to map 0 frames of domain {dom}"),
+                ErrorKind::InvalidInput,
+                None,
+            ));
+        }
         let mut host = lock(&self.host);
         let d = host.domain_mut(dom)?;
         let mut errors = Vec::with_capacity(gfns.len());
@@ -697,6 +705,16 @@ mod tests {
             hv.sharing_freed_pages().unwrap_err().kind(),
             ErrorKind::NotSupported
         );
+    }
+
+    #[test]
+    fn mapping_zero_frames_is_invalid_input_as_on_xen() {
+        let hv = two_guests_with_equal_page();
+        let err = hv
+            .foreign_memory()
+            .map(A, &[], Protection::Read, Placement::Anywhere)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]
