@@ -14,6 +14,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::index::{IndexError, IndexV1};
 use crate::layout;
+use crate::prefetch;
 use crate::reader::ImageReader;
 use crate::rollback::{GenerationStore, RollbackError};
 use crate::store::{
@@ -92,6 +93,18 @@ pub struct OpenedImage {
     pub http: Option<Arc<HttpStore>>,
     /// Where the index came from (a location, or the cache's copy).
     pub index_source: String,
+    /// The boot prefetch list found for the image, if any, and where this
+    /// run's list is to be recorded.
+    pub boot: BootFiles,
+}
+
+/// A boot prefetch list ([`crate::prefetch`]) and where to record the next.
+#[derive(Debug, Default)]
+pub struct BootFiles {
+    /// Chunk positions, and where they came from.
+    pub list: Option<(Vec<u32>, String)>,
+    /// Beside the cache's copy of the index (no cache: nowhere).
+    pub record_to: Option<PathBuf>,
 }
 
 fn is_http(location: &str) -> bool {
@@ -155,11 +168,58 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
         from = index_source,
         "index accepted"
     );
+    let boot = boot_files(opts, &index, &root, http.as_deref());
     Ok(OpenedImage {
         reader: ImageReader::new(Arc::new(index), VerifyingStore::new(source)),
         http,
         index_source,
+        boot,
     })
+}
+
+/// Finds the image's boot prefetch list: the one this cache recorded, else
+/// one published beside the index. A list that does not parse is ignored
+/// with a warning: it is only a hint.
+fn boot_files(
+    opts: &OpenOptions,
+    index: &IndexV1,
+    root: &str,
+    http: Option<&HttpStore>,
+) -> BootFiles {
+    let limit = prefetch::max_len(index) as u64;
+    let record_to = opts
+        .cache_dir
+        .as_deref()
+        .map(|dir| prefetch::local_path(dir, &opts.index_location));
+    let published = prefetch::published_path(&index.name);
+    let mut candidates: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    if let Some(path) = &record_to {
+        let bytes = store::dir::read_bounded(path, limit).ok().flatten();
+        candidates.push((path.display().to_string(), bytes));
+    }
+    if is_http(&opts.index_location) || !opts.mirrors.is_empty() {
+        if let Some(http) = http {
+            candidates.push((
+                format!("{published} on the server"),
+                http.fetch_optional(&published, limit),
+            ));
+        }
+    } else {
+        let path = std::path::Path::new(root).join(&published);
+        let bytes = store::dir::read_bounded(&path, limit).ok().flatten();
+        candidates.push((path.display().to_string(), bytes));
+    }
+    let list = candidates.into_iter().find_map(|(from, bytes)| {
+        let parsed = prefetch::parse(&bytes?, index);
+        match parsed {
+            Ok(positions) => Some((positions, from)),
+            Err(error) => {
+                tracing::warn!(list = from, %error, "ignoring the boot prefetch list");
+                None
+            }
+        }
+    });
+    BootFiles { list, record_to }
 }
 
 fn fetch_index(

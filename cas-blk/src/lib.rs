@@ -16,6 +16,7 @@ pub mod keys;
 pub mod layout;
 pub mod nbd;
 pub mod pack;
+pub mod prefetch;
 pub mod reader;
 pub mod rollback;
 pub mod serve;

@@ -1,17 +1,37 @@
 //! Byte-range reads of an image through a verifying store.
 //!
-//! Used by `circ cas cat`, the NBD server and benchmarks alike. A few
-//! recently decoded chunks are kept in memory so that small sequential reads
-//! (4 KiB from a block device) do not decompress a 256 KiB chunk each time.
-//! A read spanning several chunks fetches them in parallel: verifying and
-//! decompressing a chunk is CPU work (collision-detecting SHA-1 dominates),
-//! and a cold fetch waits on the network.
+//! Used by `circ cas cat`, the NBD server and benchmarks alike. Three tiers,
+//! cheapest first:
+//!
+//! 1. a few recently decoded chunks kept in memory, so that small
+//!    sequential reads do not fetch a chunk each time;
+//! 2. chunks this process has verified whose plain copy sits in the local
+//!    cache ([`ChunkStore::plain_file`]): the first time a chunk is verified
+//!    (collision-detecting SHA-1 over all of it), a BLAKE3 digest of each of
+//!    its 4 KiB blocks is kept in memory (16 bytes per block, 64 per
+//!    256 KiB chunk); later reads take just the blocks they need from the
+//!    file and check those digests, with no decompression and no SHA-1. The
+//!    cache directory stays untrusted: a block whose digest differs sends
+//!    the read down the slow path, which drops the bad copy and fetches
+//!    anew;
+//! 3. the slow path: the store fetches (cache, mirrors), decompresses and
+//!    verifies the whole chunk. A read spanning several chunks fetches them
+//!    in parallel: verifying and decompressing a chunk is CPU work
+//!    (collision-detecting SHA-1 dominates), and a cold fetch waits on the
+//!    network.
+//!
+//! Verification is per process: a restarted server verifies each chunk
+//! again the first time it reads it.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, ChunkRef};
 use crate::index::IndexV1;
 use crate::store::{ChunkStore, StoreError, VerifyingStore};
 
@@ -20,6 +40,78 @@ const RECENT_CHUNKS: usize = 8;
 /// Chunks of one `read_at` fetched at once (a 4 MiB read spans sixteen
 /// 256 KiB chunks).
 const SPAN_PARALLEL: usize = 4;
+/// Pieces of one read from verified copies worth a second thread (a 4 MiB
+/// read spans sixteen 256 KiB chunks).
+const PARALLEL_VERIFIED_MIN: usize = 4;
+/// Granularity of the per-block digests of verified chunks.
+const BLOCK: usize = 4096;
+
+/// Truncated BLAKE3 of one block: 128 bits leave no room for a second
+/// preimage, which is what tampering with the cache would need.
+type BlockDigest = [u8; 16];
+
+fn block_digest(block: &[u8]) -> BlockDigest {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&blake3::hash(block).as_bytes()[..16]);
+    out
+}
+
+/// A chunk this process verified, and where its plain copy lives.
+#[derive(Debug)]
+struct Verified {
+    path: PathBuf,
+    blocks: Box<[BlockDigest]>,
+    /// Of the whole chunk: one BLAKE3 over many blocks runs several times
+    /// faster than a hash per block (it hashes 1 KiB pieces side by side).
+    whole: BlockDigest,
+}
+
+impl Verified {
+    fn new(path: PathBuf, plain: &[u8]) -> Self {
+        Self {
+            path,
+            blocks: plain.chunks(BLOCK).map(block_digest).collect(),
+            whole: block_digest(plain),
+        }
+    }
+
+    /// Fills `dst` from `within` bytes into the chunk (`chunk_len` long),
+    /// reading whole blocks from the plain copy and checking each.
+    fn read(&self, chunk_len: usize, within: usize, dst: &mut [u8]) -> io::Result<()> {
+        let first = within / BLOCK;
+        let start = first * BLOCK;
+        let end = (within + dst.len()).div_ceil(BLOCK) * BLOCK;
+        let end = end.min(chunk_len);
+        let file = std::fs::File::open(&self.path)?;
+        let check = |data: &[u8]| -> io::Result<()> {
+            let good = if data.len() == chunk_len {
+                block_digest(data) == self.whole
+            } else {
+                data.chunks(BLOCK)
+                    .zip(&self.blocks[first..])
+                    .all(|(block, digest)| block_digest(block) == *digest)
+            };
+            if good {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "cached copy differs from the verified chunk",
+                ))
+            }
+        };
+        if start == within && end == within + dst.len() {
+            file.read_exact_at(dst, start as u64)?;
+            return check(dst);
+        }
+        let mut blocks = vec![0u8; end - start];
+        file.read_exact_at(&mut blocks, start as u64)?;
+        check(&blocks)?;
+        let from = within - start;
+        dst.copy_from_slice(&blocks[from..from + dst.len()]);
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -35,7 +127,7 @@ pub enum ReadError {
     Output(#[source] io::Error),
 }
 
-type ChunkResult = Result<Vec<u8>, ReadError>;
+type ChunkResult = Result<Arc<Vec<u8>>, ReadError>;
 
 #[derive(Debug)]
 pub struct ImageReader<S> {
@@ -43,6 +135,134 @@ pub struct ImageReader<S> {
     store: VerifyingStore<S>,
     /// Most recent last.
     recent: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+    /// Chunks verified by this process whose plain copy is local.
+    verified: Mutex<HashMap<ChunkId, Arc<Verified>>>,
+    inflight: InFlight,
+    trace: Trace,
+    stats: Counters,
+}
+
+/// A piece of a read: `dst` gets bytes `within..` of chunk `index`.
+struct Piece<'a> {
+    index: usize,
+    chunk: ChunkRef,
+    within: usize,
+    dst: &'a mut [u8],
+}
+
+impl Piece<'_> {
+    fn fill_from(&mut self, chunk: &[u8]) {
+        let len = self.dst.len();
+        self.dst
+            .copy_from_slice(&chunk[self.within..self.within + len]);
+    }
+}
+
+/// What [`ImageReader::prefetch`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Positions in the list.
+    pub listed: u64,
+    /// Chunks fetched and verified (the others were all-zero, already
+    /// verified, or fetched by a guest read first).
+    pub fetched: u64,
+    /// Chunks no source could supply (a read of them will say why).
+    pub failed: u64,
+}
+
+/// Chunks being fetched, so that a guest read and the prefetcher (or two
+/// reads) never fetch the same chunk twice at once.
+#[derive(Debug, Default)]
+struct InFlight {
+    ids: Mutex<HashSet<ChunkId>>,
+    done: Condvar,
+}
+
+impl InFlight {
+    /// Waits until no other thread fetches `id`, then claims it until the
+    /// returned guard drops.
+    fn claim(&self, id: ChunkId) -> Claim<'_> {
+        let mut ids = lock(&self.ids);
+        while ids.contains(&id) {
+            ids = self
+                .done
+                .wait(ids)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        ids.insert(id);
+        Claim { owner: self, id }
+    }
+}
+
+struct Claim<'a> {
+    owner: &'a InFlight,
+    id: ChunkId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        lock(&self.owner.ids).remove(&self.id);
+        self.owner.done.notify_all();
+    }
+}
+
+/// First reads of each chunk position, in order, with their time since the
+/// reader's first read: the raw material of a boot prefetch list.
+#[derive(Debug, Default)]
+struct Trace {
+    inner: Mutex<TraceInner>,
+}
+
+#[derive(Debug, Default)]
+struct TraceInner {
+    start: Option<Instant>,
+    seen: HashSet<u32>,
+    order: Vec<(u32, Duration)>,
+}
+
+impl Trace {
+    fn record(&self, positions: &[usize]) {
+        if positions.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        let now = Instant::now();
+        let start = *inner.start.get_or_insert(now);
+        for &i in positions {
+            let Ok(i) = u32::try_from(i) else { continue };
+            if inner.seen.insert(i) {
+                inner.order.push((i, now - start));
+            }
+        }
+    }
+
+    fn within(&self, window: Duration) -> Vec<u32> {
+        lock(&self.inner)
+            .order
+            .iter()
+            .take_while(|(_, at)| *at <= window)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    memory: AtomicU64,
+    verified: AtomicU64,
+    fetched: AtomicU64,
+}
+
+/// Which tier served the chunk pieces of reads so far (a read spanning
+/// several chunks counts once per chunk).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// From a chunk decoded recently, in memory.
+    pub memory: u64,
+    /// From the local plain copy of a chunk verified by this process.
+    pub verified: u64,
+    /// Fetched, decompressed and verified whole (cache or network).
+    pub fetched: u64,
 }
 
 /// A chunk that no source could supply in good shape.
@@ -59,6 +279,10 @@ impl<S: ChunkStore> ImageReader<S> {
             index,
             store,
             recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
+            verified: Mutex::new(HashMap::new()),
+            inflight: InFlight::default(),
+            trace: Trace::default(),
+            stats: Counters::default(),
         }
     }
 
@@ -74,14 +298,53 @@ impl<S: ChunkStore> ImageReader<S> {
         self.index.image_size
     }
 
+    pub fn stats(&self) -> ReaderStats {
+        ReaderStats {
+            memory: self.stats.memory.load(Ordering::Relaxed),
+            verified: self.stats.verified.load(Ordering::Relaxed),
+            fetched: self.stats.fetched.load(Ordering::Relaxed),
+        }
+    }
+
     /// Verified content of chunk `i` (zeros for an all-zero chunk).
     pub fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, ReadError> {
         if let Some(hit) = self.recent_lookup(i) {
             return Ok(hit);
         }
-        let data = Arc::new(self.fetch_uncached(i)?);
+        let data = self.fetch_verified(i, true)?;
         self.remember(i, Arc::clone(&data));
         Ok(data)
+    }
+
+    /// Keeps block digests of `chunk`, just verified as `plain`, if the
+    /// store has a local plain copy of it.
+    fn learn(&self, chunk: &ChunkRef, plain: &[u8]) {
+        if let Some(path) = self.store.plain_file(chunk) {
+            let verified = Arc::new(Verified::new(path, plain));
+            lock(&self.verified).insert(chunk.id, verified);
+        }
+    }
+
+    /// Reads a piece of chunk `chunk` from its verified local copy; false
+    /// if there is none or it no longer matches (the caller falls back to
+    /// the store, which drops a bad copy).
+    fn read_verified(&self, chunk: &ChunkRef, within: usize, dst: &mut [u8]) -> bool {
+        let Some(verified) = lock(&self.verified).get(&chunk.id).cloned() else {
+            return false;
+        };
+        match verified.read(chunk.len as usize, within, dst) {
+            Ok(()) => true,
+            Err(error) => {
+                if error.kind() == io::ErrorKind::InvalidData {
+                    tracing::warn!(chunk = %chunk.id, path = %verified.path.display(), %error,
+                        "cached chunk changed since it was verified, fetching it again");
+                } else {
+                    tracing::debug!(chunk = %chunk.id, %error, "verified copy unreadable");
+                }
+                lock(&self.verified).remove(&chunk.id);
+                false
+            }
+        }
     }
 
     fn remember(&self, i: usize, data: Arc<Vec<u8>>) {
@@ -105,19 +368,33 @@ impl<S: ChunkStore> ImageReader<S> {
     }
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Arc<Vec<u8>>)>> {
-        self.recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.recent)
     }
 
-    fn fetch_uncached(&self, i: usize) -> Result<Vec<u8>, ReadError> {
-        match self.index.chunk_ref(i) {
-            Some(chunk) => self
-                .store
-                .read_chunk(&chunk)
-                .map_err(|source| ReadError::Chunk { index: i, source }),
-            None => Ok(vec![0u8; self.index.chunk_len(i) as usize]),
+    /// Chunk `i` fetched, decompressed and verified whole (zeros for an
+    /// all-zero chunk). One thread at a time fetches a given chunk: another
+    /// wanting it waits, then reads the copy the first one verified.
+    /// `learn`: keep block digests of it (for reads; not for `cat`).
+    fn fetch_verified(&self, i: usize, learn: bool) -> Result<Arc<Vec<u8>>, ReadError> {
+        let Some(chunk) = self.index.chunk_ref(i) else {
+            return Ok(Arc::new(vec![0u8; self.index.chunk_len(i) as usize]));
+        };
+        let _claim = self.inflight.claim(chunk.id);
+        let known = lock(&self.verified).get(&chunk.id).cloned();
+        if let Some(verified) = known {
+            let mut whole = vec![0u8; chunk.len as usize];
+            if verified.read(whole.len(), 0, &mut whole).is_ok() {
+                return Ok(Arc::new(whole));
+            }
         }
+        let data = self
+            .store
+            .read_chunk(&chunk)
+            .map_err(|source| ReadError::Chunk { index: i, source })?;
+        if learn {
+            self.learn(&chunk, &data);
+        }
+        Ok(Arc::new(data))
     }
 
     /// Fills `buf` from `offset`; the whole range must lie in the image.
@@ -132,53 +409,145 @@ impl<S: ChunkStore> ImageReader<S> {
         }
         let shift = self.index.chunk_size.shift();
         let chunk_bytes = u64::from(self.index.chunk_size.bytes());
-        let first = (offset >> shift) as usize;
-        let last = ((offset + len - 1) >> shift) as usize;
-        let span = self.span(first, last)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
+        // Split `buf` into one piece per chunk; fill what memory holds.
+        let mut pending: Vec<Piece<'_>> = Vec::new();
+        let mut touched: Vec<usize> = Vec::new();
+        let mut rest = buf;
+        let mut pos = offset;
+        while !rest.is_empty() {
             let i = (pos >> shift) as usize;
             let within = (pos & (chunk_bytes - 1)) as usize;
-            let want = (buf.len() - done).min(chunk_bytes as usize - within);
-            let dst = &mut buf[done..done + want];
-            match &span[i - first] {
-                None => dst.fill(0),
-                Some(data) => dst.copy_from_slice(&data[within..within + want]),
+            let want = rest.len().min(chunk_bytes as usize - within);
+            let (dst, tail) = rest.split_at_mut(want);
+            rest = tail;
+            pos += want as u64;
+            let Some(chunk) = self.index.chunk_ref(i) else {
+                dst.fill(0);
+                continue;
+            };
+            touched.push(i);
+            if let Some(data) = self.recent_lookup(i) {
+                dst.copy_from_slice(&data[within..within + want]);
+                self.stats.memory.fetch_add(1, Ordering::Relaxed);
+            } else {
+                pending.push(Piece {
+                    index: i,
+                    chunk,
+                    within,
+                    dst,
+                });
             }
-            done += want;
+        }
+        self.trace.record(&touched);
+        // Chunks verified earlier: blocks from their local copies, checked;
+        // a wide read uses both cores.
+        let mut missing = if pending.len() >= PARALLEL_VERIFIED_MIN {
+            let half = pending.len() / 2;
+            let second = pending.split_off(half);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| self.fill_verified(second));
+                let mut missing = self.fill_verified(pending);
+                match other.join() {
+                    Ok(more) => missing.extend(more),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                missing
+            })
+        } else {
+            self.fill_verified(pending)
+        };
+        // The rest: fetched, decompressed and verified whole.
+        self.stats
+            .fetched
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        if let [only] = &mut missing[..] {
+            let data = self.chunk(only.index)?;
+            only.fill_from(&data);
+            return Ok(());
+        }
+        let indices: Vec<usize> = missing.iter().map(|piece| piece.index).collect();
+        let fetched = self.fetch_many(&indices, SPAN_PARALLEL, true);
+        for (piece, result) in missing.iter_mut().zip(fetched) {
+            let data = result?;
+            piece.fill_from(&data);
+            self.remember(piece.index, data);
         }
         Ok(())
     }
 
-    /// Contents of chunks `first..=last` (`None`: all-zero), those not in
-    /// memory fetched in parallel; the first failure in image order wins.
-    fn span(&self, first: usize, last: usize) -> Result<Vec<Option<Arc<Vec<u8>>>>, ReadError> {
-        let mut span = Vec::with_capacity(last - first + 1);
+    /// Fills pieces from verified local copies; returns those it could not.
+    fn fill_verified<'b>(&self, pieces: Vec<Piece<'b>>) -> Vec<Piece<'b>> {
         let mut missing = Vec::new();
-        for i in first..=last {
-            let held = match self.index.chunks[i] {
-                None => None,
-                Some(_) => {
-                    let hit = self.recent_lookup(i);
-                    if hit.is_none() {
-                        missing.push(i);
+        for piece in pieces {
+            if self.read_verified(&piece.chunk, piece.within, piece.dst) {
+                self.stats.verified.fetch_add(1, Ordering::Relaxed);
+            } else {
+                missing.push(piece);
+            }
+        }
+        missing
+    }
+
+    /// Fetches chunks of the image in the background of a guest's reads:
+    /// those at `positions` (a boot's chunks, in the order it read them)
+    /// that this process has not verified yet, `parallel` at a time, until
+    /// done or `stop` is set. Fetched chunks land in the cache; memory's
+    /// few decoded chunks are left to the guest's reads.
+    pub fn prefetch(
+        &self,
+        positions: &[u32],
+        parallel: usize,
+        stop: &AtomicBool,
+    ) -> PrefetchReport {
+        let next = AtomicUsize::new(0);
+        let fetched = AtomicU64::new(0);
+        let failed = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..parallel.max(1) {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&position) = positions.get(k) else {
+                            break;
+                        };
+                        let i = position as usize;
+                        let Some(chunk) = self.index.chunk_ref(i) else {
+                            continue;
+                        };
+                        let _claim = self.inflight.claim(chunk.id);
+                        if lock(&self.verified).contains_key(&chunk.id) {
+                            continue;
+                        }
+                        match self.store.read_chunk(&chunk) {
+                            Ok(data) => {
+                                self.learn(&chunk, &data);
+                                fetched.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                tracing::debug!(chunk = i, error = %crate::error_chain(&error), "prefetch failed");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
-                    hit
-                }
-            };
-            span.push(held);
+                });
+            }
+        });
+        PrefetchReport {
+            listed: positions.len() as u64,
+            fetched: fetched.into_inner(),
+            failed: failed.into_inner(),
         }
-        if let [only] = missing[..] {
-            span[only - first] = Some(self.chunk(only)?);
-            return Ok(span);
-        }
-        for (i, result) in missing.iter().zip(self.fetch_many(&missing, SPAN_PARALLEL)) {
-            let data = Arc::new(result?);
-            self.remember(*i, Arc::clone(&data));
-            span[i - first] = Some(data);
-        }
-        Ok(span)
+    }
+
+    /// When this reader's clients first read (none yet: `None`).
+    pub fn first_read(&self) -> Option<Instant> {
+        lock(&self.trace.inner).start
+    }
+
+    /// The chunk positions this reader's clients first read within
+    /// `window` of their first read, in that order: a boot's chunks.
+    pub fn boot_trace(&self, window: Duration) -> Vec<u32> {
+        self.trace.within(window)
     }
 
     /// Writes the whole image to `out`, fetching up to `parallel` chunks at
@@ -191,7 +560,7 @@ impl<S: ChunkStore> ImageReader<S> {
         while start < count {
             let end = (start + batch).min(count);
             let batch: Vec<usize> = (start..end).collect();
-            for data in self.fetch_many(&batch, parallel) {
+            for data in self.fetch_many(&batch, parallel, false) {
                 out.write_all(&data?).map_err(ReadError::Output)?;
             }
             start = end;
@@ -201,7 +570,7 @@ impl<S: ChunkStore> ImageReader<S> {
 
     /// Fetches chunks `indices` with up to `parallel` threads; results in
     /// the same order.
-    fn fetch_many(&self, indices: &[usize], parallel: usize) -> Vec<ChunkResult> {
+    fn fetch_many(&self, indices: &[usize], parallel: usize, learn: bool) -> Vec<ChunkResult> {
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<ChunkResult>>> =
             indices.iter().map(|_| Mutex::new(None)).collect();
@@ -210,10 +579,8 @@ impl<S: ChunkStore> ImageReader<S> {
                 scope.spawn(|| loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = indices.get(k) else { break };
-                    let result = self.fetch_uncached(i);
-                    *slots[k]
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
+                    let result = self.fetch_verified(i, learn);
+                    *lock(&slots[k]) = Some(result);
                 });
             }
         });
@@ -249,13 +616,11 @@ impl<S: ChunkStore> ImageReader<S> {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(chunk) = unique.get(k) else { break };
                     if let Err(error) = self.store.read_chunk(chunk) {
-                        bad.lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(BadChunk {
-                                index: positions.get(&chunk.id).copied().unwrap_or(0),
-                                id: chunk.id,
-                                error,
-                            });
+                        lock(&bad).push(BadChunk {
+                            index: positions.get(&chunk.id).copied().unwrap_or(0),
+                            id: chunk.id,
+                            error,
+                        });
                     }
                     progress(u64::from(chunk.len));
                 });
@@ -267,4 +632,12 @@ impl<S: ChunkStore> ImageReader<S> {
         bad.sort_by_key(|b| b.index);
         bad
     }
+}
+
+/// Locks `mutex`, taking over a poisoned one: every critical section here
+/// leaves its data consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -10,7 +10,7 @@ use circ_cas::client::{self, OpenError, OpenOptions};
 use circ_cas::index::IndexV1;
 use circ_cas::keys::SecretKey;
 use circ_cas::pack::{self, PackOptions, PackReport};
-use circ_cas::reader::ReadError;
+use circ_cas::reader::{ImageReader, ReadError};
 use circ_cas::serve::{Server, ServerHandle};
 use circ_cas::store::{DirStore, ErrorKind, HttpConfig, HttpStore, VerifyingStore};
 
@@ -70,6 +70,12 @@ impl Fixture {
         let index = self.index();
         let id = index.unique_chunks()[n].id;
         DirStore::open(root).chunk_file(&id, index.compression)
+    }
+
+    /// The cache holds plain copies, whatever the image's compression.
+    fn cached_chunk_file(&self, n: usize) -> PathBuf {
+        let id = self.index().unique_chunks()[n].id;
+        DirStore::open(self.path("cache")).chunk_file(&id, Compression::None)
     }
 }
 
@@ -341,12 +347,105 @@ fn a_tampered_cache_entry_is_refetched() {
     let (server, url) = fx.serve(&fx.path("store"));
     let opts = fx.options(&format!("{url}indexes/img.cidx"));
     assert_eq!(read_all(&opts).unwrap(), data);
-    let cached = fx.chunk_file(&fx.path("cache"), 0);
+    let cached = fx.cached_chunk_file(0);
     flip_byte(&cached);
     assert_eq!(read_all(&opts).unwrap(), data);
     server.stop();
     // The bad copy was replaced by a good one: offline reads still work.
     assert_eq!(read_all(&opts).unwrap(), data);
+}
+
+#[test]
+fn a_cache_file_changed_after_verification_is_caught() {
+    let fx = Fixture::new();
+    let data = image(16 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    let index = fx.index();
+    let target = index.unique_chunks()[0].id;
+    let pos = (0..index.chunk_count())
+        .find(|&i| index.chunks[i] == Some(target))
+        .unwrap();
+    let block = pos * 65_536 + 32_768; // flip_byte flips the middle
+    let read = |reader: &ImageReader<_>, offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        reader.read_at(offset as u64, &mut buf).map(|()| buf)
+    };
+    let expect = |offset: usize| &data[offset..offset + 4096];
+
+    let opened = client::open(&opts).unwrap();
+    let reader = &opened.reader;
+    // Every block once: each chunk is verified and cached; the last eight
+    // stay decoded in memory.
+    for offset in (0..data.len()).step_by(4096) {
+        assert_eq!(read(reader, offset).unwrap(), expect(offset));
+    }
+    let before = reader.stats();
+    assert_eq!(read(reader, block).unwrap(), expect(block));
+    assert_eq!(reader.stats().verified, before.verified + 1);
+
+    // Tampered after verification: the block's digest catches it, the
+    // chunk is fetched again and the read is right.
+    flip_byte(&fx.cached_chunk_file(0));
+    assert_eq!(read(reader, block).unwrap(), expect(block));
+    assert_eq!(reader.stats().fetched, before.fetched + 1);
+
+    // A restarted reader verifies from the cache; then the network goes and
+    // the copy is tampered with: an error, never wrong data. (Reads of other
+    // chunks first push the chunk out of memory.)
+    let opened = client::open(&opts).unwrap();
+    let reader = &opened.reader;
+    assert_eq!(read(reader, block).unwrap(), expect(block));
+    for i in (0..16).filter(|&i| i != pos) {
+        assert_eq!(read(reader, i * 65_536).unwrap(), expect(i * 65_536));
+    }
+    server.stop();
+    flip_byte(&fx.cached_chunk_file(0));
+    match read(reader, block) {
+        Ok(got) => panic!("read returned {} bytes of a tampered chunk", got.len()),
+        Err(error) => assert!(
+            error_text(&error).contains(&target.to_hex()),
+            "{}",
+            error_text(&error)
+        ),
+    }
+}
+
+#[test]
+fn prefetched_chunks_are_read_without_fetching_and_the_trace_keeps_read_order() {
+    let fx = Fixture::new();
+    let data = image(16 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opened = client::open(&fx.options(&format!("{url}indexes/img.cidx"))).unwrap();
+    let reader = &opened.reader;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Twice the same position, and every other position: all-zero and
+    // duplicate chunks are fetched at most once.
+    let positions: Vec<u32> = [5u32, 5].into_iter().chain(0..16).collect();
+    let report = reader.prefetch(&positions, 3, &stop);
+    let unique = fx.index().unique_chunks().len() as u64;
+    assert_eq!(report.fetched, unique, "{report:?}");
+    assert_eq!(report.failed, 0);
+    server.stop();
+    for &offset in &[9 * 65_536 + 4096, 5 * 65_536, 0] {
+        let mut buf = vec![0u8; 8192];
+        reader.read_at(offset as u64, &mut buf).unwrap();
+        assert_eq!(buf, data[offset..offset + 8192]);
+    }
+    assert_eq!(reader.stats().fetched, 0, "{:?}", reader.stats());
+    // Prefetching is not reading: the trace holds the reads, in order, each
+    // position once (all-zero chunks are never fetched, so never listed).
+    let index = fx.index();
+    let expected: Vec<u32> = [9u32, 5, 0]
+        .into_iter()
+        .filter(|&i| index.chunks[i as usize].is_some())
+        .collect();
+    assert_eq!(
+        reader.boot_trace(std::time::Duration::from_secs(60)),
+        expected
+    );
 }
 
 #[test]

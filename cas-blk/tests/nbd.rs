@@ -77,7 +77,7 @@ impl Fixture {
 
     /// Exports the image on a fresh Unix socket; returns its path.
     fn export(&self, overlay: Option<&Path>) -> PathBuf {
-        let disk = nbd::open_disk(&self.options(), overlay).unwrap();
+        let disk = nbd::open_disk(&self.options(), overlay).unwrap().0;
         let socket = self.path(&format!("nbd-{}.sock", rand_suffix()));
         let server = NbdServer::bind_unix(&socket, Arc::new(disk), "img").unwrap();
         server.spawn();
@@ -237,7 +237,9 @@ fn read_only_exports_refuse_writes() {
 #[test]
 fn handshake_options_and_tcp() {
     let fx = Fixture::new();
-    let disk = nbd::open_disk(&fx.options(), Some(&fx.path("tcp.ovl"))).unwrap();
+    let disk = nbd::open_disk(&fx.options(), Some(&fx.path("tcp.ovl")))
+        .unwrap()
+        .0;
     let server =
         NbdServer::bind_tcp("127.0.0.1:0".parse().unwrap(), Arc::new(disk), "img").unwrap();
     let endpoint = server.endpoint().unwrap();
@@ -435,7 +437,9 @@ impl RawClient {
 fn block_device_reads_match_through_any_overlay_pattern() {
     // Writes at every alignment against a plain model of the disk.
     let fx = Fixture::new();
-    let disk = nbd::open_disk(&fx.options(), Some(&fx.path("model.ovl"))).unwrap();
+    let disk = nbd::open_disk(&fx.options(), Some(&fx.path("model.ovl")))
+        .unwrap()
+        .0;
     let mut model = image();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |n: u64| {

@@ -93,6 +93,14 @@ pub enum CasCommand {
         /// Overlay file taking the writes (created if absent).
         #[arg(long, required_unless_present = "read_only")]
         overlay: Option<PathBuf>,
+        /// Do not prefetch the chunks of the image's boot prefetch list.
+        #[arg(long)]
+        no_prefetch: bool,
+        /// Record the chunks first read within this many seconds of the
+        /// first read as the image's boot prefetch list, kept beside the
+        /// cache's copy of the index (0: do not record).
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        boot_window: u64,
     },
     /// Turn an overlay into new chunks and a new signed index (generation + 1).
     Commit {
@@ -201,9 +209,15 @@ pub fn run(cmd: CasCommand) -> anyhow::Result<ExitCode> {
             listen,
             read_only,
             overlay,
+            no_prefetch,
+            boot_window,
         } => {
             debug_assert!(read_only == overlay.is_none());
-            nbd(&source, socket, listen, overlay)
+            let boot = BootOptions {
+                prefetch: !no_prefetch,
+                window: std::time::Duration::from_secs(boot_window),
+            };
+            nbd(&source, socket, listen, overlay, boot)
         }
         CasCommand::Commit {
             overlay,
@@ -363,17 +377,40 @@ fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
     Ok(opts)
 }
 
+/// What `circ cas nbd` does with boot prefetch lists.
+struct BootOptions {
+    prefetch: bool,
+    /// Zero: record nothing.
+    window: std::time::Duration,
+}
+
+type Disk = Arc<nbd::CowDisk<Box<dyn circ_cas::ChunkStore>>>;
+
 fn nbd(
     source: &SourceArgs,
     socket: Option<PathBuf>,
     listen: Option<SocketAddr>,
     overlay: Option<PathBuf>,
+    boot_options: BootOptions,
 ) -> anyhow::Result<ExitCode> {
-    let disk = nbd::open_disk(&open_options(source)?, overlay.as_deref())?;
+    let (disk, boot) = nbd::open_disk(&open_options(source)?, overlay.as_deref())?;
     let index = disk.reader().index();
     let (name, generation, size) = (index.name.clone(), index.generation, index.image_size);
     let writable = disk.overlay().is_some();
-    let disk: Arc<dyn BlockDevice> = Arc::new(disk);
+    let disk: Disk = Arc::new(disk);
+    if let (true, Some((positions, from))) = (boot_options.prefetch, boot.list) {
+        let disk = Arc::clone(&disk);
+        std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || boot_prefetch(&disk, &positions, &from))?;
+    }
+    if let (false, Some(path)) = (boot_options.window.is_zero(), boot.record_to) {
+        let disk = Arc::clone(&disk);
+        std::thread::Builder::new()
+            .name("boot-record".into())
+            .spawn(move || record_boot(&disk, boot_options.window, &path))?;
+    }
+    let disk: Arc<dyn BlockDevice> = disk;
     let server = match (socket, listen) {
         (Some(path), _) => NbdServer::bind_unix(&path, disk, &name)?,
         (None, Some(addr)) => NbdServer::bind_tcp(addr, disk, &name)?,
@@ -388,6 +425,54 @@ fn nbd(
     std::io::stdout().flush()?;
     server.run()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fetches a boot prefetch list's chunks ahead of the guest, two at a time.
+fn boot_prefetch(disk: &Disk, positions: &[u32], from: &str) {
+    tracing::info!(chunks = positions.len(), from, "boot prefetch started");
+    let started = std::time::Instant::now();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let report = disk.reader().prefetch(positions, 2, &stop);
+    tracing::info!(
+        listed = report.listed,
+        fetched = report.fetched,
+        failed = report.failed,
+        seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
+        "boot prefetch done"
+    );
+}
+
+/// Keeps the chunks read within `window` of the guest's first read as the
+/// image's boot prefetch list, saved every few seconds while the window
+/// runs: a guest destroyed early (the server killed) still leaves its list.
+fn record_boot(disk: &Disk, window: std::time::Duration, path: &std::path::Path) {
+    use std::time::{Duration, Instant};
+    let reader = disk.reader();
+    let first = loop {
+        match reader.first_read() {
+            Some(at) => break at,
+            None => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    let end = first + window;
+    let tick = Duration::from_secs(5).min(window);
+    let mut saved = 0;
+    loop {
+        let now = Instant::now();
+        std::thread::sleep((now + tick).min(end).saturating_duration_since(now));
+        let positions = reader.boot_trace(window);
+        if positions.len() > saved {
+            if let Err(error) = circ_cas::prefetch::save(path, reader.index(), &positions) {
+                tracing::warn!(path = %path.display(), %error, "cannot record the boot prefetch list");
+                return;
+            }
+            saved = positions.len();
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    tracing::info!(chunks = saved, path = %path.display(), "recorded the boot prefetch list");
 }
 
 fn commit(

@@ -8,8 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn qemu_io(socket: &Path, commands: &[&str]) -> String {
+    run_qemu_io(socket, false, commands)
+}
+
+fn run_qemu_io(socket: &Path, read_only: bool, commands: &[&str]) -> String {
     let mut cmd = Command::new("qemu-io");
     cmd.args(["-f", "raw"])
+        .args(read_only.then_some("-r"))
         .arg(format!("nbd+unix:///?socket={}", socket.display()));
     for c in commands {
         cmd.args(["-c", c]);
@@ -166,5 +171,106 @@ fn nbd_needs_an_overlay_or_read_only() {
         out.status.code(),
         Some(2),
         "a socket or address is required"
+    );
+}
+
+/// Polls for up to 20 s until `done` holds.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn nbd_records_a_boot_list_that_a_fresh_host_prefetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    // Eight 64 KiB chunks of bytes 1..=8.
+    let image: Vec<u8> = (0..8u8)
+        .flat_map(|k| std::iter::repeat_n(k + 1, 65_536))
+        .collect();
+    std::fs::write(p("disk.img"), &image).unwrap();
+    ok(&["cas", "keygen", "--out", s(&p("key"))]);
+    ok(&[
+        "cas",
+        "pack",
+        s(&p("disk.img")),
+        s(&p("store")),
+        "--key",
+        s(&p("key")),
+        "--chunk-size",
+        "64K",
+        "--name",
+        "disk",
+    ]);
+    let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
+    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+    let nbd = |cache: &str, socket: &str| {
+        start(&[
+            "cas",
+            "nbd",
+            &url,
+            "--pubkey",
+            s(&p("key.pub")),
+            "--cache",
+            s(&p(cache)),
+            "--socket",
+            s(&p(socket)),
+            "--read-only",
+            "--boot-window",
+            "1",
+        ])
+    };
+
+    // A "boot" reads chunks 3 then 0; a second later the list is recorded
+    // beside the cache's copy of the index.
+    let (first, _) = nbd("cache1", "a.sock");
+    run_qemu_io(
+        &p("a.sock"),
+        true,
+        &["read -P 4 196608 4096", "read -P 1 0 4096"],
+    );
+    let listed = || {
+        files_under(&p("cache1/indexes"))
+            .into_iter()
+            .find(|f| f.extension().is_some_and(|e| e == "prefetch"))
+    };
+    wait_for("the boot list", || listed().is_some());
+    drop(first);
+    let list = std::fs::read_to_string(listed().unwrap()).unwrap();
+    assert!(list.ends_with("chunks 2\n3\n0\n"), "{list}");
+
+    // Published beside the index, it makes a fresh host fetch those chunks
+    // before anything reads them.
+    std::fs::write(p("store/indexes/disk.prefetch"), &list).unwrap();
+    let (_second, _) = nbd("cache2", "b.sock");
+    let cached = || files_under(&p("cache2/chunks")).len();
+    wait_for("two prefetched chunks", || cached() == 2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(cached(), 2, "only the listed chunks are prefetched");
+    run_qemu_io(
+        &p("b.sock"),
+        true,
+        &["read -P 4 196608 4096", "read -P 8 458752 4096"],
     );
 }

@@ -19,7 +19,7 @@ pub use disk::{BlockDevice, CowDisk, DiskError};
 pub use overlay::{Overlay, OverlayBase, OverlayError};
 pub use server::{NbdError, NbdServer};
 
-use crate::client::{self, OpenError, OpenOptions};
+use crate::client::{self, BootFiles, OpenError, OpenOptions};
 use crate::store::ChunkStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +31,12 @@ pub enum DiskOpenError {
 }
 
 /// Opens the image at `opts` as a disk: writable through the overlay at
-/// `overlay` (created if absent), read-only without one.
+/// `overlay` (created if absent), read-only without one. Also returns the
+/// image's boot prefetch list, for the caller to run.
 pub fn open_disk(
     opts: &OpenOptions,
     overlay: Option<&Path>,
-) -> Result<CowDisk<Box<dyn ChunkStore>>, DiskOpenError> {
+) -> Result<(CowDisk<Box<dyn ChunkStore>>, BootFiles), DiskOpenError> {
     let image = client::open(opts)?;
     let overlay = match overlay {
         Some(path) => {
@@ -49,5 +50,5 @@ pub fn open_disk(
         }
         None => None,
     };
-    Ok(CowDisk::new(image.reader, overlay))
+    Ok((CowDisk::new(image.reader, overlay), image.boot))
 }

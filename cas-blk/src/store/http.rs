@@ -215,6 +215,22 @@ impl HttpStore {
     /// Fetches the file at `rel` (relative to the store root) from the
     /// mirrors in order, returning the first copy `accept` takes, or every
     /// mirror's failure. For indexes: `accept` checks the signature.
+    /// An optional file (`rel` under each mirror's base): the first mirror
+    /// that has it, or `None`. Absence and errors are not held against a
+    /// mirror: nothing needs the file.
+    pub fn fetch_optional(&self, rel: &str, limit: u64) -> Option<Vec<u8>> {
+        self.order().into_iter().find_map(|i| {
+            let url = format!("{}{rel}", self.mirrors[i].base);
+            match self.get(&url, limit) {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::debug!(url, error = %error_chain(&error), "optional file not fetched");
+                    None
+                }
+            }
+        })
+    }
+
     pub fn fetch_file<T, E: std::fmt::Display>(
         &self,
         rel: &str,

@@ -35,17 +35,32 @@ pub trait ChunkStore: Send + Sync + fmt::Debug {
     /// Returns the content of the first copy of `chunk` that `check`
     /// accepts, trying every source this store has.
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError>;
+
+    /// A local file that holds (or held) `chunk`'s plain content, if this
+    /// store keeps one: the reader takes small pieces of it directly. Its
+    /// content is not trusted; the reader checks every piece it reads.
+    fn plain_file(&self, _chunk: &ChunkRef) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl<S: ChunkStore + ?Sized> ChunkStore for Box<S> {
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError> {
         (**self).fetch(chunk, check)
     }
+
+    fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
+        (**self).plain_file(chunk)
+    }
 }
 
 impl<S: ChunkStore + ?Sized> ChunkStore for Arc<S> {
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError> {
         (**self).fetch(chunk, check)
+    }
+
+    fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
+        (**self).plain_file(chunk)
     }
 }
 
@@ -73,6 +88,12 @@ impl<A: ChunkStore, B: ChunkStore> ChunkStore for Fallback<A, B> {
                     .map_err(|second| StoreError::merge(chunk.id, vec![first, second]))
             }
         }
+    }
+
+    fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
+        self.primary
+            .plain_file(chunk)
+            .or_else(|| self.fallback.plain_file(chunk))
     }
 }
 

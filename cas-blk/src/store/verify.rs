@@ -34,4 +34,10 @@ impl<S: ChunkStore> VerifyingStore<S> {
     pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
         self.inner.fetch(chunk, &ChunkVerifier)
     }
+
+    /// Where the inner store keeps `chunk`'s plain content locally
+    /// (unverified), if it does.
+    pub fn plain_file(&self, chunk: &ChunkRef) -> Option<std::path::PathBuf> {
+        self.inner.plain_file(chunk)
+    }
 }

@@ -84,8 +84,17 @@ check "physical-device is the nbd device (major 43 = 0x2b)" \
     sh -c "xenstore-read $be/physical-device | grep -q '^2b:'"
 check_eq "backend reads params = the index URL" "$url" "$(xenstore-read "$be/params")"
 fetched=$(cache_bytes)
-info "cas: bytes fetched for boot 1 (compressed chunks in the cache) vs image" \
+info "cas: bytes fetched for boot 1 (plain chunks in the cache) vs image" \
     "$(jq -cn --argjson f "${fetched:-0}" --argjson i $((image_mib << 20)) '{fetched: $f, image: $i}')"
+# The server records the boot's chunks beside the cache's copy of the index
+# (saved every 5 s of its 60 s window).
+boot_list() { find "$cache/indexes" -name '*.prefetch' 2>/dev/null | head -1; }
+has_boot_list() { [ -n "$(boot_list)" ]; }
+check "boot 1 recorded a boot prefetch list" wait_for 20 has_boot_list
+listed=$(sed -n 's/^chunks //p' "$(boot_list)" 2>/dev/null)
+check "the list names chunks" test "${listed:-0}" -gt 0
+info "cas: boot prefetch list recorded by boot 1" "{\"chunks\": ${listed:-0}}"
+cp "$(boot_list)" "$LAB_OUT/boot.prefetch" 2>/dev/null
 check "cas-1 destroyed" xl destroy cas-1
 check "hotplug remove stopped the server and freed the device" \
     sh -c "! ls /run/circular/cas/*.pid 2>/dev/null && [ \"\$(cat /sys/block/nbd0/size)\" = 0 ]"
@@ -102,6 +111,7 @@ check "big.bin's chunk $chunk_no is in the store ($chunk_id)" test -f "$chunk_fi
 cp "$chunk_file" "$work/chunk.good"
 head -c 4096 /dev/urandom | dd of="$chunk_file" bs=1 seek=100 conv=notrunc 2>/dev/null
 rm -rf "$cache/chunks"
+# The cache is empty again but keeps boot 1's list: this boot prefetches it.
 check "guest cas-2 boots on the corrupted store" boot_guest cas-2 "$url"
 guest_sums cas-2 >"$LAB_OUT/cas-2-guest.txt"
 check "cas-2: big.bin gives an I/O error" grep -qx "error big.bin" "$LAB_OUT/cas-2-guest.txt"
@@ -110,6 +120,10 @@ check_eq "cas-2: the other files read exactly" \
     "$(grep -v big.bin "$LAB_OUT/cas-sums-1.txt")" "$(grep -v big.bin "$LAB_OUT/cas-2-guest.txt")"
 check "the NBD server refused the bad chunk" \
     sh -c "grep -h 'NBD request failed' /run/circular/cas/*.log | grep -q $chunk_id"
+check "cas-2's server prefetched boot 1's list" \
+    sh -c "grep -h 'boot prefetch done' /run/circular/cas/*.log | grep -q 'fetched=[1-9]'"
+info "cas: boot prefetch on cas-2" \
+    "$(grep -h 'boot prefetch done' /run/circular/cas/*.log | sed 's/.*boot prefetch done //' | jq -Rc '{server: .}')"
 cp /run/circular/cas/*.log "$LAB_OUT/" 2>/dev/null
 check "cas-2 destroyed" xl destroy cas-2
 cp "$work/chunk.good" "$chunk_file"
@@ -145,5 +159,6 @@ check "guest cas-5 boots on generation 1 with the rollback allowed" boot_guest c
 unset CIRC_CAS_ALLOW_ROLLBACK
 check_eq "cas-5: guest sees generation 1 again" "$(cat "$LAB_OUT/cas-sums-1.txt")" "$(guest_sums cas-5)"
 check "cas-5 destroyed" xl destroy cas-5
+
 check_eq "only Domain-0 remains" 1 "$(xl list | tail -n +2 | wc -l)"
 cp /run/circular/cas/*.log "$LAB_OUT/" 2>/dev/null
