@@ -29,11 +29,10 @@ fn run_qemu_io(socket: &Path, read_only: bool, commands: &[&str]) -> String {
     text
 }
 
-#[test]
-fn nbd_write_commit_then_both_generations() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| -> PathBuf { dir.path().join(n) };
-    // 512 KiB: eight 64 KiB chunks of bytes 1..=8.
+/// Packs image `disk` in `dir/store` with key `dir/key`: 512 KiB, eight
+/// 64 KiB chunks of bytes 1..=8 (returned).
+fn pack_disk(dir: &Path) -> Vec<u8> {
+    let p = |n: &str| -> PathBuf { dir.join(n) };
     let image: Vec<u8> = (0..8u8)
         .flat_map(|k| std::iter::repeat_n(k + 1, 65_536))
         .collect();
@@ -51,6 +50,14 @@ fn nbd_write_commit_then_both_generations() {
         "--name",
         "disk",
     ]);
+    image
+}
+
+#[test]
+fn nbd_write_commit_then_both_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    let image = pack_disk(dir.path());
     let old_index = p("disk-gen1.cidx");
     std::fs::copy(p("store/indexes/disk.cidx"), &old_index).unwrap();
     let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
@@ -205,24 +212,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn nbd_records_a_boot_list_that_a_fresh_host_prefetches() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| -> PathBuf { dir.path().join(n) };
-    // Eight 64 KiB chunks of bytes 1..=8.
-    let image: Vec<u8> = (0..8u8)
-        .flat_map(|k| std::iter::repeat_n(k + 1, 65_536))
-        .collect();
-    std::fs::write(p("disk.img"), &image).unwrap();
-    ok(&["cas", "keygen", "--out", s(&p("key"))]);
-    ok(&[
-        "cas",
-        "pack",
-        s(&p("disk.img")),
-        s(&p("store")),
-        "--key",
-        s(&p("key")),
-        "--chunk-size",
-        "64K",
-        "--name",
-        "disk",
-    ]);
+    pack_disk(dir.path());
     let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
     let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
     let nbd = |cache: &str, socket: &str| {
