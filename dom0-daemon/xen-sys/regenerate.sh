@@ -26,6 +26,9 @@ functions="$functions|xc_domain_getinfolist|xc_domain_pause|xc_domain_unpause"
 functions="$functions|xc_domain_maximum_gpfn|xc_vcpu_getcontext|xc_domain_hvm_getcontext_partial"
 functions="$functions|xc_memshr_control|xc_memshr_nominate_gfn|xc_memshr_nominate_gref"
 functions="$functions|xc_memshr_share_gfns|xc_sharing_freed_pages|xc_sharing_used_frames"
+functions="$functions|xc_memshr_ring_enable|xc_memshr_ring_disable|xc_memshr_domain_resume"
+functions="$functions|xc_hvm_param_get|xc_domain_populate_physmap_exact"
+functions="$functions|xc_domain_decrease_reservation_exact"
 functions="$functions|xenforeignmemory_open|xenforeignmemory_close|xenforeignmemory_map2"
 functions="$functions|xenforeignmemory_unmap"
 functions="$functions|xengnttab_open|xengnttab_close|xengnttab_grant_copy"
@@ -38,11 +41,14 @@ functions="$functions|xs_transaction_end|xs_get_domain_path)\$"
 
 types='^(xc_domaininfo_t|xc_physinfo_t|vcpu_guest_context_any_t|hvm_hw_cpu'
 types="$types|xengnttab_grant_copy_segment_t|xentoollog_logger|xentoollog_level"
-types="$types|xen_extraversion_t|xen_capabilities_info_t|circ_hvm_save_code|xs_watch_type)\$"
+types="$types|xen_extraversion_t|xen_capabilities_info_t|circ_hvm_save_code|xs_watch_type"
+types="$types|vm_event_request_t|vm_event_response_t|vm_event_sring|vm_event_sring_entry)\$"
 
 vars='^(XEN_DOMINF_.*|XEN_X86_EMU_.*|XENVER_(version|extraversion|capabilities)'
 vars="$vars|XEN_SYSCTL_PHYSCAP_(pv|hvm|hap|shadow)|GNTCOPY_(source|dest)_gref|GNTST_okay"
-vars="$vars|SHUTDOWN_crash|XBT_NULL|XC_PAGE_SHIFT)\$"
+vars="$vars|SHUTDOWN_crash|XBT_NULL|XC_PAGE_SHIFT"
+vars="$vars|VM_EVENT_INTERFACE_VERSION|VM_EVENT_FLAG_VCPU_PAUSED|VM_EVENT_REASON_MEM_SHARING"
+vars="$vars|HVM_PARAM_SHARING_RING_PFN)\$"
 
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT

@@ -12,6 +12,8 @@
 #include <xenstore.h>
 #include <xen/io/xs_wire.h>
 #include <xen/hvm/save.h>
+#include <xen/hvm/params.h>
+#include <xen/vm_event.h>
 
 /*
  * HVM_SAVE_CODE(x) is a sizeof() trick over a per-type struct, which bindgen

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DomId, Gfn, GfnRange, GrantRef, HvError, SharingHandle, PAGE_SIZE};
+use crate::{
+    DomId, ErrorKind, Gfn, GfnRange, GrantRef, HvError, SharingEvents, SharingHandle, PAGE_SIZE,
+};
 
 /// Hypervisor version as reported by `XENVER_version` / `XENVER_extraversion`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +222,16 @@ pub trait Hypervisor {
 
     /// Registers of one vCPU (64-bit guests).
     fn vcpu_registers(&self, dom: DomId, vcpu: u32) -> Result<VcpuRegs, HvError>;
+
+    /// A handle for the domains' memory-sharing vm_event rings (see
+    /// [`SharingEvents`]). `NotSupported` where there are none.
+    fn sharing_events(&self) -> Result<Box<dyn SharingEvents>, HvError> {
+        Err(HvError::with_kind(
+            "this hypervisor has no memory-sharing event rings",
+            ErrorKind::NotSupported,
+            None,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod hypervisor;
 mod ids;
 pub mod populated;
 pub mod report;
+mod sharing_events;
 mod xenstore;
 
 #[cfg(any(test, feature = "fake"))]
@@ -24,4 +25,5 @@ pub use hypervisor::{
     VirtCaps, XenVersion,
 };
 pub use ids::{DomId, Gfn, GfnRange, GrantRef, Mfn, SharingHandle, PAGE_SIZE};
+pub use sharing_events::{Attached, EnomemRequest, SharingEvents};
 pub use xenstore::{Transaction, WatchEvent, XenStore};

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use circ_hv::{DomId, ForeignMemory, Hypervisor, XenStore};
 
+use crate::cpu::CpuTime;
+use crate::enomem::{EnomemConfig, EnomemHandler};
 use crate::policy::{domain_name, prune_stale, resolve_domain, Policy};
 use crate::scanner::{RoundSummary, ScanConfig, SharingScanner};
 use crate::status::{write_atomically, DaemonStatus, ShareStatus, DEFAULT_STATUS_FILE};
@@ -48,6 +50,17 @@ pub struct ScanArgs {
     /// Print each round's summary as one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// When a copy-on-write break finds no free memory (the vCPU is then
+    /// paused, see docs/memshare.md), balloon dom0 down by this many MiB
+    /// per step.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub enomem_balloon_mib: u64,
+    /// Never balloon dom0 below this many MiB.
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    pub dom0_min_mib: u64,
+    /// Resume vCPUs paused for memory once Xen has this many MiB free.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub enomem_resume_mib: u64,
 }
 
 fn parse_budget(s: &str) -> Result<f64, String> {
@@ -68,6 +81,15 @@ impl ScanArgs {
             },
             require_stable: !(self.once || self.no_stability_wait),
             ..ScanConfig::default()
+        }
+    }
+
+    pub fn enomem_config(&self) -> EnomemConfig {
+        EnomemConfig {
+            balloon_step_kib: self.enomem_balloon_mib.saturating_mul(1024),
+            dom0_min_kib: self.dom0_min_mib.saturating_mul(1024),
+            resume_free_kib: self.enomem_resume_mib.saturating_mul(1024),
+            ..EnomemConfig::default()
         }
     }
 }
@@ -100,12 +122,27 @@ where
         ..DaemonStatus::default()
     };
     let limit = if args.once { Some(1) } else { args.rounds };
+    // A single round leaves nobody to answer the rings: none for --once.
+    let mut enomem = EnomemHandler::new(hv, args.enomem_config(), !args.once);
+    let interval = Duration::from_secs_f64(args.interval.max(0.0));
+    let mut cpu_warned = false;
     loop {
         let only = resolve_only(hv, xs, &args.domains)?;
         if !args.domains.is_empty() && only.is_empty() {
             tracing::warn!("none of the --domain domains exists; nothing to scan");
         }
         prune(hv, xs)?;
+        let narrowed = (!args.domains.is_empty()).then_some(only.as_slice());
+        enomem.sync(hv, xs, narrowed)?;
+        if enomem.short_of_memory() {
+            // vCPUs wait for memory: share nothing new (each shared page is
+            // a copy-on-write break to come) until they run again.
+            status.enomem = enomem.stats();
+            status.updated_unix_ms = unix_ms();
+            status.write(&args.status_file)?;
+            enomem.serve(hv, xs, interval);
+            continue;
+        }
         let summary = if args.domains.is_empty() || !only.is_empty() {
             scanner.round(&only)?
         } else {
@@ -116,7 +153,23 @@ where
         status.rounds = scanner.rounds();
         status.updated_unix_ms = unix_ms();
         status.domains = scanner.stats();
+        status.pages_scanned_total = status
+            .pages_scanned_total
+            .saturating_add(summary.pages_scanned);
+        match CpuTime::own() {
+            Ok(cpu) => {
+                status.cpu_user_ms = cpu.user_ms;
+                status.cpu_system_ms = cpu.system_ms;
+            }
+            // Without /proc the figures stay at their last value.
+            Err(e) if !cpu_warned => {
+                tracing::warn!(error = %e, "cannot read the daemon's CPU time");
+                cpu_warned = true;
+            }
+            Err(_) => {}
+        }
         status.last_round = Some(summary);
+        status.enomem = enomem.stats();
         status.write(&args.status_file)?;
         if let Some(path) = &args.prometheus {
             let share = ShareStatus::collect(hv, xs, Some(status.clone()))?;
@@ -125,7 +178,7 @@ where
         if limit.is_some_and(|n| scanner.rounds() >= n) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_secs_f64(args.interval.max(0.0)));
+        enomem.serve(hv, xs, interval);
     }
 }
 

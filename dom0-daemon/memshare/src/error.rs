@@ -21,6 +21,12 @@ pub enum MemshareError {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Hv(#[from] HvError),
 }

@@ -8,7 +8,9 @@
 //! `docs/memshare.md` for the design and what the operator sees.
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod daemon;
+pub mod enomem;
 mod error;
 pub mod hash;
 pub mod policy;
@@ -16,7 +18,9 @@ pub mod scanner;
 pub mod status;
 pub mod throttle;
 
+pub use cpu::CpuTime;
 pub use daemon::{run, ScanArgs};
+pub use enomem::{EnomemConfig, EnomemHandler, EnomemStats};
 pub use error::MemshareError;
 pub use hash::{PageHasher, PageKey, Xxh3Hasher};
 pub use policy::{Eligibility, Policy, POLICY_ROOT};

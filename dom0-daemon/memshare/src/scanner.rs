@@ -96,7 +96,8 @@ pub struct DomainStats {
     /// Pages that could not be nominated, mapped or shared (busy, special).
     pub failed: u64,
     /// Copy-on-write breaks seen since this daemon started: drops of Xen's
-    /// count of the domain's shared pages between rounds.
+    /// count of the domain's shared pages between rounds, and within a
+    /// round its shortfall against our own nominations' growth.
     pub unshared_since: u64,
     /// Xen's count of the domain's pages backed by a shared frame, at the
     /// end of the last round.
@@ -119,6 +120,15 @@ pub struct RoundSummary {
     pub failed: u64,
     pub duration_ms: u64,
     pub throttled_ms: u64,
+    /// All-zero pages among those scanned this round.
+    #[serde(default)]
+    pub zero_pages: u64,
+    /// Pages scanned this round minus the distinct contents (keys) among
+    /// them: the frames sharing could free if every page that is equal now
+    /// were shared (Satori's "possible sharing"). Pages already shared
+    /// count, so `freed_pages / duplicate_pages` is the fraction achieved.
+    #[serde(default)]
+    pub duplicate_pages: u64,
 }
 
 #[derive(Debug)]
@@ -138,6 +148,12 @@ struct DomainScan {
     ranges: Vec<GfnRange>,
     ranges_signature: Option<u64>,
     ranges_age: u32,
+    /// Xen's `shr_pages` when this round began (set by `prepare_domain`,
+    /// taken by `finish_round`), and how much this daemon's own nominations
+    /// grew it since: copy-on-write breaks during the round are the
+    /// shortfall at its end.
+    round_start_shr: Option<u64>,
+    grown: u64,
     stats: DomainStats,
 }
 
@@ -151,6 +167,8 @@ impl DomainScan {
             ranges: Vec::new(),
             ranges_signature: None,
             ranges_age: 0,
+            round_start_shr: None,
+            grown: 0,
             stats: DomainStats {
                 domid: dom.0,
                 name,
@@ -305,6 +323,13 @@ where
             }
         }
 
+        round.summary.duplicate_pages = duplicate_pages(
+            self.domains
+                .iter()
+                .filter(|(dom, _)| eligible.contains_key(dom) && !round.gone.contains(dom))
+                .flat_map(|(_, scan)| scan.last.values()),
+        );
+
         // Biggest groups first: the zero pages usually, the biggest win.
         let mut groups: Vec<(PageKey, Vec<Candidate>)> = candidates
             .into_iter()
@@ -362,6 +387,8 @@ where
             scan.stats.unshared_since += scan.stats.shr_pages - shr;
         }
         scan.stats.shr_pages = shr;
+        scan.round_start_shr = Some(shr);
+        scan.grown = 0;
         if !scan.sharing_on {
             self.hv.set_sharing(dom, true)?;
             scan.sharing_on = true;
@@ -438,6 +465,9 @@ where
                 }
                 scanned += 1;
                 let key = PageKey::of(&self.hasher, &page);
+                if key == PageKey::Zero {
+                    round.summary.zero_pages += 1;
+                }
                 let prev = previous.get(gfn).copied();
                 let unchanged = prev == Some(key);
                 let was_shared = known_shared.contains(gfn);
@@ -494,6 +524,7 @@ where
             if let (Ok(before), Ok(after)) = (before, after) {
                 if after > before {
                     self.note_nominated(c.dom, c.gfn, handle);
+                    self.note_growth(c.dom, after - before);
                 }
             }
             match self.read_nominated(c.dom, &[c.gfn]) {
@@ -690,6 +721,7 @@ where
                 return None;
             }
         };
+        self.note_growth(dom, after.saturating_sub(before));
         let fresh = usize::try_from(after.saturating_sub(before)).unwrap_or(usize::MAX);
         got.sort_by_key(|(_, h)| std::cmp::Reverse(h.0));
         let not_fresh = got.split_off(fresh.min(got.len()));
@@ -766,6 +798,13 @@ where
         }
     }
 
+    /// Our own nominations grew `dom`'s `shr_pages` by `n`.
+    fn note_growth(&mut self, dom: DomId, n: u64) {
+        if let Some(scan) = self.domains.get_mut(&dom) {
+            scan.grown = scan.grown.saturating_add(n);
+        }
+    }
+
     fn forget_nominated(&mut self, dom: DomId, gfn: Gfn) {
         if let Some(scan) = self.domains.get_mut(&dom) {
             scan.nominated_only.remove(&gfn);
@@ -798,6 +837,16 @@ where
             match self.hv.domain(dom) {
                 Ok(info) => {
                     if let Some(scan) = self.domains.get_mut(&dom) {
+                        // Breaks during the round: Xen's count fell short of
+                        // where our own nominations took it. (A break during
+                        // a nomination batch hides in that batch's growth:
+                        // breaks may be missed, never invented.)
+                        if let Some(start) = scan.round_start_shr.take() {
+                            let expected = start.saturating_add(scan.grown);
+                            if info.shr_pages < expected {
+                                scan.stats.unshared_since += expected - info.shr_pages;
+                            }
+                        }
                         scan.stats.shr_pages = info.shr_pages;
                         scan.stats.rounds += 1;
                     }
@@ -809,6 +858,17 @@ where
             }
         }
     }
+}
+
+/// Keys seen minus distinct keys: pages that are a copy of another one.
+fn duplicate_pages<'k>(keys: impl Iterator<Item = &'k PageKey>) -> u64 {
+    let mut seen = 0u64;
+    let mut distinct = HashSet::new();
+    for key in keys {
+        seen += 1;
+        distinct.insert(*key);
+    }
+    seen - distinct.len() as u64
 }
 
 /// Keep a group only if it can share something: at least two members and

@@ -13,9 +13,12 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use circ_hv::{pages_to_kib, DomainState, DomainType, ErrorKind, HvError, Hypervisor, XenStore};
+use circ_hv::{
+    pages_to_kib, DomainState, DomainType, ErrorKind, HvError, Hypervisor, XenStore, PAGE_SIZE,
+};
 use serde::{Deserialize, Serialize};
 
+use crate::enomem::EnomemStats;
 use crate::policy::{domain_name, Eligibility, Policy};
 use crate::scanner::{DomainStats, RoundSummary};
 use crate::MemshareError;
@@ -32,6 +35,17 @@ pub struct DaemonStatus {
     pub rounds: u64,
     pub last_round: Option<RoundSummary>,
     pub domains: Vec<DomainStats>,
+    /// Pages read since the daemon started, over all rounds and domains.
+    #[serde(default)]
+    pub pages_scanned_total: u64,
+    /// The daemon's own CPU time since it started (`/proc/self/stat`).
+    #[serde(default)]
+    pub cpu_user_ms: u64,
+    #[serde(default)]
+    pub cpu_system_ms: u64,
+    /// Copy-on-write breaks that found no free memory (see `enomem`).
+    #[serde(default)]
+    pub enomem: EnomemStats,
 }
 
 impl DaemonStatus {
@@ -76,9 +90,43 @@ pub struct HostSharing {
 pub struct DaemonSummary {
     pub pid: u32,
     pub rounds: u64,
+    pub started_unix_ms: u64,
     pub updated_unix_ms: u64,
     pub last_round: Option<RoundSummary>,
+    /// Pages read since the daemon started.
+    pub pages_scanned_total: u64,
+    /// The daemon's CPU time (user + system) since it started.
+    pub cpu_user_ms: u64,
+    pub cpu_system_ms: u64,
+    pub cpu_seconds: f64,
+    /// The cost of scanning: `cpu_seconds` per GiB of `pages_scanned_total`
+    /// (sharing included); `None` before anything was scanned.
+    pub cpu_seconds_per_gib_scanned: Option<f64>,
+    /// Sharing rings, vCPUs paused for memory, dom0 ballooned.
+    pub enomem: EnomemStats,
 }
+
+impl DaemonSummary {
+    pub fn from_status(d: DaemonStatus) -> Self {
+        let cpu_seconds = (d.cpu_user_ms.saturating_add(d.cpu_system_ms)) as f64 / 1000.0;
+        let gib = d.pages_scanned_total as f64 * PAGE_SIZE as f64 / GIB;
+        Self {
+            pid: d.pid,
+            rounds: d.rounds,
+            started_unix_ms: d.started_unix_ms,
+            updated_unix_ms: d.updated_unix_ms,
+            last_round: d.last_round,
+            pages_scanned_total: d.pages_scanned_total,
+            cpu_user_ms: d.cpu_user_ms,
+            cpu_system_ms: d.cpu_system_ms,
+            cpu_seconds,
+            cpu_seconds_per_gib_scanned: (d.pages_scanned_total > 0).then(|| cpu_seconds / gib),
+            enomem: d.enomem,
+        }
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// One domain: Xen's figures, the policy's decision, the daemon's counters.
 #[derive(Debug, Clone, Serialize)]
@@ -157,12 +205,7 @@ impl ShareStatus {
         }
         Ok(Self {
             host,
-            daemon: daemon.map(|d| DaemonSummary {
-                pid: d.pid,
-                rounds: d.rounds,
-                updated_unix_ms: d.updated_unix_ms,
-                last_round: d.last_round,
-            }),
+            daemon: daemon.map(DaemonSummary::from_status),
             domains,
         })
     }
@@ -187,7 +230,36 @@ impl ShareStatus {
         }
         match &self.daemon {
             Some(d) => {
-                let _ = writeln!(out, "daemon:  pid {}, {} rounds", d.pid, d.rounds);
+                let _ = write!(
+                    out,
+                    "daemon:  pid {}, {} rounds, {} pages scanned ({:.2} GiB), {:.1} s CPU",
+                    d.pid,
+                    d.rounds,
+                    d.pages_scanned_total,
+                    d.pages_scanned_total as f64 * PAGE_SIZE as f64 / GIB,
+                    d.cpu_seconds
+                );
+                if let Some(per_gib) = d.cpu_seconds_per_gib_scanned {
+                    let _ = write!(out, " ({per_gib:.2} s/GiB)");
+                }
+                let _ = writeln!(out);
+                let e = &d.enomem;
+                if e.events > 0 || e.paused_now > 0 {
+                    let _ = writeln!(
+                        out,
+                        "memory:  {} copy-on-write breaks found no free memory; {} vCPU(s) paused now, \
+                         {} resumed; dom0 ballooned down {} MiB{}",
+                        e.events,
+                        e.paused_now,
+                        e.vcpus_resumed,
+                        e.dom0_ballooned_kib / 1024,
+                        if e.at_dom0_floor {
+                            " (at its floor: free memory to resume them)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "daemon:  no status file (not running?)");
@@ -251,6 +323,51 @@ impl ShareStatus {
                 "Scan rounds done by the daemon.",
             );
             let _ = writeln!(out, "circ_memshare_rounds {}", d.rounds);
+            let counter = |out: &mut String, name: &str, help: &str| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            };
+            counter(
+                &mut out,
+                "circ_memshare_pages_scanned_total",
+                "Pages read by the daemon since it started.",
+            );
+            let _ = writeln!(
+                out,
+                "circ_memshare_pages_scanned_total {}",
+                d.pages_scanned_total
+            );
+            counter(
+                &mut out,
+                "circ_memshare_cpu_seconds_total",
+                "CPU time (user + system) of the daemon since it started.",
+            );
+            let _ = writeln!(out, "circ_memshare_cpu_seconds_total {}", d.cpu_seconds);
+            counter(
+                &mut out,
+                "circ_memshare_enomem_events_total",
+                "Copy-on-write breaks that found no free memory (vCPU paused).",
+            );
+            let _ = writeln!(out, "circ_memshare_enomem_events_total {}", d.enomem.events);
+            gauge(
+                &mut out,
+                "circ_memshare_enomem_paused_vcpus",
+                "vCPUs paused now, waiting for free memory.",
+            );
+            let _ = writeln!(
+                out,
+                "circ_memshare_enomem_paused_vcpus {}",
+                d.enomem.paused_now
+            );
+            counter(
+                &mut out,
+                "circ_memshare_dom0_ballooned_kib_total",
+                "dom0 memory ballooned down to free memory for paused vCPUs.",
+            );
+            let _ = writeln!(
+                out,
+                "circ_memshare_dom0_ballooned_kib_total {}",
+                d.enomem.dom0_ballooned_kib
+            );
         }
         type Field = fn(&DomainShare) -> u64;
         let per_domain: [(&str, &str, Field); 4] = [

@@ -509,6 +509,52 @@ fn copy_on_write_break_is_counted_and_isolated() {
     assert_eq!(&hv.page(B, Gfn(1)).unwrap()[..7], b"B's own");
 }
 
+/// XXH3, but while `armed`, hashing B's own page (gfn 6, so B's scan has
+/// begun) makes B write its copy of gfn 1: a copy-on-write break in the
+/// middle of the round, after the scanner looked at B's counters.
+struct WritesDuringScan<'a> {
+    fm: &'a FakeForeignMemory,
+    armed: &'a Cell<bool>,
+}
+impl PageHasher for WritesDuringScan<'_> {
+    fn hash(&self, page: &[u8; PAGE_SIZE]) -> u64 {
+        if self.armed.get() && page[..] == self::page(&format!("own-{B}"))[..] {
+            self.armed.set(false);
+            let m = self
+                .fm
+                .map(B, &[Gfn(1)], Protection::ReadWrite, Placement::Anywhere)
+                .unwrap();
+            m.write(0, 0, b"B's own").unwrap();
+        }
+        Xxh3Hasher.hash(page)
+    }
+}
+
+#[test]
+fn copy_on_write_break_during_a_round_is_counted() {
+    let (hv, xs) = host();
+    let fm = hv.foreign_memory();
+    let armed = Cell::new(false);
+    let hasher = WritesDuringScan {
+        fm: &fm,
+        armed: &armed,
+    };
+    let mut scanner =
+        SharingScanner::with_parts(&hv, &fm, &xs, config(false), hasher, SystemClock::default());
+    scanner.round(&[]).unwrap();
+    let freed = hv.sharing_freed_pages().unwrap();
+    armed.set(true);
+    scanner.round(&[]).unwrap();
+    assert!(!armed.get());
+    assert_eq!(hv.sharing_freed_pages().unwrap(), freed - 1);
+    let b = scanner.stats().into_iter().find(|s| s.domid == 2).unwrap();
+    assert_eq!(b.unshared_since, 1);
+    // Counted once: the next round sees no new break.
+    scanner.round(&[]).unwrap();
+    let b = scanner.stats().into_iter().find(|s| s.domid == 2).unwrap();
+    assert_eq!(b.unshared_since, 1);
+}
+
 #[test]
 fn only_restricts_to_the_named_domains() {
     let (hv, xs) = host();
@@ -586,4 +632,34 @@ fn already_shared_pages_are_never_share_clients() {
     assert_eq!(hv.page(C, Gfn(11)).unwrap(), page("twice"));
     // And the same daemon's next rounds stay within the rule too.
     restarted.round(&[]).unwrap();
+}
+
+#[test]
+fn duplicate_pages_measure_possible_sharing_before_and_after() {
+    let (hv, xs) = host();
+    let fm = hv.foreign_memory();
+    let mut scanner = SharingScanner::new(&hv, &fm, &xs, config(true));
+
+    // A, B, C: 23 pages; distinct: common-0..3, zero, own-1..3, pair = 9.
+    let first = scanner.round(&[]).unwrap();
+    assert_eq!(first.pages_scanned, 23);
+    assert_eq!(first.zero_pages, 6);
+    assert_eq!(first.duplicate_pages, 23 - 9);
+    assert_eq!(hv.sharing_freed_pages().unwrap(), 0);
+
+    // Shared pages still count: afterwards freed == possible.
+    let second = scanner.round(&[]).unwrap();
+    assert_eq!(second.duplicate_pages, 14);
+    let third = scanner.round(&[]).unwrap();
+    assert_eq!(third.duplicate_pages, 14);
+    assert_eq!(third.zero_pages, 6);
+    assert_eq!(hv.sharing_freed_pages().unwrap(), third.duplicate_pages);
+
+    // A domain narrowed out of the round does not count.
+    let only_a = scanner.round(&[A]).unwrap();
+    assert_eq!(only_a.pages_scanned, 8);
+    assert_eq!(
+        only_a.duplicate_pages, 1,
+        "within A only zero page 5 copies 4"
+    );
 }

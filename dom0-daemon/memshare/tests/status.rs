@@ -156,3 +156,97 @@ fn domain_filter_and_pruning_of_keys_of_gone_domains() {
         .read(Transaction::NONE, "/local/domain/0/circular/memshare/1")
         .is_ok());
 }
+
+#[test]
+fn status_counts_pages_scanned_over_rounds_and_the_daemons_cpu_time() {
+    let (hv, xs) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("s.json");
+    let prom = dir.path().join("m.prom");
+    let args = Args::parse_from([
+        "x",
+        "--rounds",
+        "3",
+        "--interval",
+        "0",
+        "--json",
+        "--status-file",
+        status_file.to_str().unwrap(),
+        "--prometheus",
+        prom.to_str().unwrap(),
+        "--pages-per-sec",
+        "0",
+        "--cpu-budget",
+        "1",
+    ]);
+    let mut out = Vec::new();
+    run(&hv, &hv.foreign_memory(), &xs, &args.scan, &mut out).unwrap();
+
+    // g1 and g2, 16 pages each, three rounds.
+    let daemon = DaemonStatus::read(&status_file).unwrap();
+    assert_eq!(daemon.rounds, 3);
+    assert_eq!(daemon.pages_scanned_total, 3 * 32);
+    let last = daemon.last_round.clone().unwrap();
+    assert_eq!(last.pages_scanned, 32);
+    // Page g of every guest is filled with g + 1: 16 distinct contents.
+    assert_eq!((last.duplicate_pages, last.zero_pages), (16, 0));
+
+    let status = ShareStatus::collect(&hv, &xs, Some(daemon.clone())).unwrap();
+    let v = serde_json::to_value(&status).unwrap();
+    let d = &v["daemon"];
+    assert_eq!(d["pages_scanned_total"], 96);
+    assert_eq!(d["last_round"]["duplicate_pages"], 16);
+    for key in [
+        "cpu_user_ms",
+        "cpu_system_ms",
+        "cpu_seconds",
+        "started_unix_ms",
+    ] {
+        assert!(d.get(key).is_some_and(|x| x.is_number()), "missing {key}");
+    }
+    let cpu_ms = daemon.cpu_user_ms + daemon.cpu_system_ms;
+    assert_eq!(d["cpu_seconds"].as_f64().unwrap(), cpu_ms as f64 / 1000.0);
+    // 96 pages are 96/262144 GiB.
+    let per_gib = d["cpu_seconds_per_gib_scanned"].as_f64().unwrap();
+    assert!((per_gib - cpu_ms as f64 / 1000.0 * 262_144.0 / 96.0).abs() < 1e-6);
+    assert!(
+        status.to_text().contains("3 rounds, 96 pages scanned"),
+        "{}",
+        status.to_text()
+    );
+
+    let prom = std::fs::read_to_string(&prom).unwrap();
+    assert!(prom.contains("# TYPE circ_memshare_pages_scanned_total counter\n"));
+    assert!(
+        prom.contains("circ_memshare_pages_scanned_total 96\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("\ncirc_memshare_cpu_seconds_total "),
+        "{prom}"
+    );
+}
+
+#[test]
+fn a_status_file_of_an_older_daemon_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.json");
+    std::fs::write(
+        &path,
+        br#"{"pid": 7, "started_unix_ms": 1, "updated_unix_ms": 2, "rounds": 4,
+            "last_round": null, "domains": []}"#,
+    )
+    .unwrap();
+    let old = DaemonStatus::read(&path).unwrap();
+    assert_eq!(
+        (old.rounds, old.pages_scanned_total, old.cpu_user_ms),
+        (4, 0, 0)
+    );
+    let (hv, xs) = host();
+    let status = ShareStatus::collect(&hv, &xs, Some(old)).unwrap();
+    let d = status.daemon.unwrap();
+    assert_eq!(
+        d.cpu_seconds_per_gib_scanned, None,
+        "nothing scanned: no ratio"
+    );
+}

@@ -528,8 +528,12 @@ pub const XENVER_version: u32 = 0;
 pub const XENVER_extraversion: u32 = 1;
 pub const XENVER_capabilities: u32 = 3;
 pub const SHUTDOWN_crash: u32 = 3;
+pub const HVM_PARAM_SHARING_RING_PFN: u32 = 29;
 pub const XC_PAGE_SHIFT: u32 = 12;
 pub const XBT_NULL: u32 = 0;
+pub const VM_EVENT_INTERFACE_VERSION: u32 = 7;
+pub const VM_EVENT_FLAG_VCPU_PAUSED: u32 = 1;
+pub const VM_EVENT_REASON_MEM_SHARING: u32 = 2;
 pub type va_list = __builtin_va_list;
 #[repr(C)]
 #[derive(Copy, Clone)]
@@ -2562,10 +2566,37 @@ unsafe extern "C" {
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
+    pub fn xc_domain_decrease_reservation_exact(
+        xch: *mut xc_interface,
+        domid: u32,
+        nr_extents: ::core::ffi::c_ulong,
+        extent_order: ::core::ffi::c_uint,
+        extent_start: *mut xen_pfn_t,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn xc_domain_populate_physmap_exact(
+        xch: *mut xc_interface,
+        domid: u32,
+        nr_extents: ::core::ffi::c_ulong,
+        extent_order: ::core::ffi::c_uint,
+        mem_flags: ::core::ffi::c_uint,
+        extent_start: *mut xen_pfn_t,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
     pub fn xc_version(
         xch: *mut xc_interface,
         cmd: ::core::ffi::c_int,
         arg: *mut ::core::ffi::c_void,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn xc_hvm_param_get(
+        handle: *mut xc_interface,
+        dom: u32,
+        param: u32,
+        value: *mut u64,
     ) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
@@ -2574,6 +2605,19 @@ unsafe extern "C" {
         domid: u32,
         enable: ::core::ffi::c_int,
     ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn xc_memshr_ring_enable(
+        xch: *mut xc_interface,
+        domid: u32,
+        port: *mut u32,
+    ) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn xc_memshr_ring_disable(xch: *mut xc_interface, domid: u32) -> ::core::ffi::c_int;
+}
+unsafe extern "C" {
+    pub fn xc_memshr_domain_resume(xch: *mut xc_interface, domid: u32) -> ::core::ffi::c_int;
 }
 unsafe extern "C" {
     pub fn xc_memshr_nominate_gfn(
@@ -2859,6 +2903,872 @@ unsafe extern "C" {
         domid: ::core::ffi::c_uint,
     ) -> *mut ::core::ffi::c_char;
 }
+pub type RING_IDX = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_x86_selector_reg {
+    pub _bindgen_align: [u32; 0],
+    pub _bitfield_1: __BindgenBitfieldUnit<[u8; 4usize]>,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_x86_selector_reg"]
+        [::core::mem::size_of::<vm_event_x86_selector_reg>() - 4usize];
+    ["Alignment of vm_event_x86_selector_reg"]
+        [::core::mem::align_of::<vm_event_x86_selector_reg>() - 4usize];
+};
+impl vm_event_x86_selector_reg {
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn limit(&self) -> u32 {
+        unsafe { ::core::mem::transmute(self._bitfield_1.get_const::<0usize, 20u8>() as u32) }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn set_limit(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::core::mem::transmute(val);
+            self._bitfield_1.set_const::<0usize, 20u8>(val as u64)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn limit_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::core::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get_const::<
+                0usize,
+                20u8,
+            >(::core::ptr::addr_of!((*this)._bitfield_1))
+                as u32)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn set_limit_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::core::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set_const::<0usize, 20u8>(
+                ::core::ptr::addr_of_mut!((*this)._bitfield_1),
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn ar(&self) -> u32 {
+        unsafe { ::core::mem::transmute(self._bitfield_1.get_const::<20usize, 12u8>() as u32) }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn set_ar(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::core::mem::transmute(val);
+            self._bitfield_1.set_const::<20usize, 12u8>(val as u64)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn ar_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::core::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get_const::<
+                20usize,
+                12u8,
+            >(::core::ptr::addr_of!((*this)._bitfield_1))
+                as u32)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn set_ar_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::core::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set_const::<20usize, 12u8>(
+                ::core::ptr::addr_of_mut!((*this)._bitfield_1),
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn new_bitfield_1(limit: u32, ar: u32) -> __BindgenBitfieldUnit<[u8; 4usize]> {
+        let mut __bindgen_bitfield_unit: __BindgenBitfieldUnit<[u8; 4usize]> = Default::default();
+        __bindgen_bitfield_unit.set_const::<0usize, 20u8>({
+            let limit: u32 = unsafe { ::core::mem::transmute(limit) };
+            limit as u64
+        });
+        __bindgen_bitfield_unit.set_const::<20usize, 12u8>({
+            let ar: u32 = unsafe { ::core::mem::transmute(ar) };
+            ar as u64
+        });
+        __bindgen_bitfield_unit
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_regs_x86 {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rflags: u64,
+    pub dr6: u64,
+    pub dr7: u64,
+    pub rip: u64,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub sysenter_cs: u64,
+    pub sysenter_esp: u64,
+    pub sysenter_eip: u64,
+    pub msr_efer: u64,
+    pub msr_star: u64,
+    pub msr_lstar: u64,
+    pub gdtr_base: u64,
+    pub npt_base: u64,
+    pub vmtrace_pos: u64,
+    pub cs_base: u32,
+    pub ss_base: u32,
+    pub ds_base: u32,
+    pub es_base: u32,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub cs: vm_event_x86_selector_reg,
+    pub ss: vm_event_x86_selector_reg,
+    pub ds: vm_event_x86_selector_reg,
+    pub es: vm_event_x86_selector_reg,
+    pub fs: vm_event_x86_selector_reg,
+    pub gs: vm_event_x86_selector_reg,
+    pub shadow_gs: u64,
+    pub gdtr_limit: u16,
+    pub cs_sel: u16,
+    pub ss_sel: u16,
+    pub ds_sel: u16,
+    pub es_sel: u16,
+    pub fs_sel: u16,
+    pub gs_sel: u16,
+    pub _pad: u16,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_regs_x86"][::core::mem::size_of::<vm_event_regs_x86>() - 344usize];
+    ["Alignment of vm_event_regs_x86"][::core::mem::align_of::<vm_event_regs_x86>() - 8usize];
+    ["Offset of field: vm_event_regs_x86::rax"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rax) - 0usize];
+    ["Offset of field: vm_event_regs_x86::rcx"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rcx) - 8usize];
+    ["Offset of field: vm_event_regs_x86::rdx"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rdx) - 16usize];
+    ["Offset of field: vm_event_regs_x86::rbx"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rbx) - 24usize];
+    ["Offset of field: vm_event_regs_x86::rsp"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rsp) - 32usize];
+    ["Offset of field: vm_event_regs_x86::rbp"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rbp) - 40usize];
+    ["Offset of field: vm_event_regs_x86::rsi"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rsi) - 48usize];
+    ["Offset of field: vm_event_regs_x86::rdi"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rdi) - 56usize];
+    ["Offset of field: vm_event_regs_x86::r8"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r8) - 64usize];
+    ["Offset of field: vm_event_regs_x86::r9"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r9) - 72usize];
+    ["Offset of field: vm_event_regs_x86::r10"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r10) - 80usize];
+    ["Offset of field: vm_event_regs_x86::r11"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r11) - 88usize];
+    ["Offset of field: vm_event_regs_x86::r12"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r12) - 96usize];
+    ["Offset of field: vm_event_regs_x86::r13"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r13) - 104usize];
+    ["Offset of field: vm_event_regs_x86::r14"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r14) - 112usize];
+    ["Offset of field: vm_event_regs_x86::r15"]
+        [::core::mem::offset_of!(vm_event_regs_x86, r15) - 120usize];
+    ["Offset of field: vm_event_regs_x86::rflags"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rflags) - 128usize];
+    ["Offset of field: vm_event_regs_x86::dr6"]
+        [::core::mem::offset_of!(vm_event_regs_x86, dr6) - 136usize];
+    ["Offset of field: vm_event_regs_x86::dr7"]
+        [::core::mem::offset_of!(vm_event_regs_x86, dr7) - 144usize];
+    ["Offset of field: vm_event_regs_x86::rip"]
+        [::core::mem::offset_of!(vm_event_regs_x86, rip) - 152usize];
+    ["Offset of field: vm_event_regs_x86::cr0"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cr0) - 160usize];
+    ["Offset of field: vm_event_regs_x86::cr2"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cr2) - 168usize];
+    ["Offset of field: vm_event_regs_x86::cr3"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cr3) - 176usize];
+    ["Offset of field: vm_event_regs_x86::cr4"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cr4) - 184usize];
+    ["Offset of field: vm_event_regs_x86::sysenter_cs"]
+        [::core::mem::offset_of!(vm_event_regs_x86, sysenter_cs) - 192usize];
+    ["Offset of field: vm_event_regs_x86::sysenter_esp"]
+        [::core::mem::offset_of!(vm_event_regs_x86, sysenter_esp) - 200usize];
+    ["Offset of field: vm_event_regs_x86::sysenter_eip"]
+        [::core::mem::offset_of!(vm_event_regs_x86, sysenter_eip) - 208usize];
+    ["Offset of field: vm_event_regs_x86::msr_efer"]
+        [::core::mem::offset_of!(vm_event_regs_x86, msr_efer) - 216usize];
+    ["Offset of field: vm_event_regs_x86::msr_star"]
+        [::core::mem::offset_of!(vm_event_regs_x86, msr_star) - 224usize];
+    ["Offset of field: vm_event_regs_x86::msr_lstar"]
+        [::core::mem::offset_of!(vm_event_regs_x86, msr_lstar) - 232usize];
+    ["Offset of field: vm_event_regs_x86::gdtr_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, gdtr_base) - 240usize];
+    ["Offset of field: vm_event_regs_x86::npt_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, npt_base) - 248usize];
+    ["Offset of field: vm_event_regs_x86::vmtrace_pos"]
+        [::core::mem::offset_of!(vm_event_regs_x86, vmtrace_pos) - 256usize];
+    ["Offset of field: vm_event_regs_x86::cs_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cs_base) - 264usize];
+    ["Offset of field: vm_event_regs_x86::ss_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, ss_base) - 268usize];
+    ["Offset of field: vm_event_regs_x86::ds_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, ds_base) - 272usize];
+    ["Offset of field: vm_event_regs_x86::es_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, es_base) - 276usize];
+    ["Offset of field: vm_event_regs_x86::fs_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, fs_base) - 280usize];
+    ["Offset of field: vm_event_regs_x86::gs_base"]
+        [::core::mem::offset_of!(vm_event_regs_x86, gs_base) - 288usize];
+    ["Offset of field: vm_event_regs_x86::cs"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cs) - 296usize];
+    ["Offset of field: vm_event_regs_x86::ss"]
+        [::core::mem::offset_of!(vm_event_regs_x86, ss) - 300usize];
+    ["Offset of field: vm_event_regs_x86::ds"]
+        [::core::mem::offset_of!(vm_event_regs_x86, ds) - 304usize];
+    ["Offset of field: vm_event_regs_x86::es"]
+        [::core::mem::offset_of!(vm_event_regs_x86, es) - 308usize];
+    ["Offset of field: vm_event_regs_x86::fs"]
+        [::core::mem::offset_of!(vm_event_regs_x86, fs) - 312usize];
+    ["Offset of field: vm_event_regs_x86::gs"]
+        [::core::mem::offset_of!(vm_event_regs_x86, gs) - 316usize];
+    ["Offset of field: vm_event_regs_x86::shadow_gs"]
+        [::core::mem::offset_of!(vm_event_regs_x86, shadow_gs) - 320usize];
+    ["Offset of field: vm_event_regs_x86::gdtr_limit"]
+        [::core::mem::offset_of!(vm_event_regs_x86, gdtr_limit) - 328usize];
+    ["Offset of field: vm_event_regs_x86::cs_sel"]
+        [::core::mem::offset_of!(vm_event_regs_x86, cs_sel) - 330usize];
+    ["Offset of field: vm_event_regs_x86::ss_sel"]
+        [::core::mem::offset_of!(vm_event_regs_x86, ss_sel) - 332usize];
+    ["Offset of field: vm_event_regs_x86::ds_sel"]
+        [::core::mem::offset_of!(vm_event_regs_x86, ds_sel) - 334usize];
+    ["Offset of field: vm_event_regs_x86::es_sel"]
+        [::core::mem::offset_of!(vm_event_regs_x86, es_sel) - 336usize];
+    ["Offset of field: vm_event_regs_x86::fs_sel"]
+        [::core::mem::offset_of!(vm_event_regs_x86, fs_sel) - 338usize];
+    ["Offset of field: vm_event_regs_x86::gs_sel"]
+        [::core::mem::offset_of!(vm_event_regs_x86, gs_sel) - 340usize];
+    ["Offset of field: vm_event_regs_x86::_pad"]
+        [::core::mem::offset_of!(vm_event_regs_x86, _pad) - 342usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_regs_arm {
+    pub ttbr0: u64,
+    pub ttbr1: u64,
+    pub ttbcr: u64,
+    pub pc: u64,
+    pub cpsr: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_regs_arm"][::core::mem::size_of::<vm_event_regs_arm>() - 40usize];
+    ["Alignment of vm_event_regs_arm"][::core::mem::align_of::<vm_event_regs_arm>() - 8usize];
+    ["Offset of field: vm_event_regs_arm::ttbr0"]
+        [::core::mem::offset_of!(vm_event_regs_arm, ttbr0) - 0usize];
+    ["Offset of field: vm_event_regs_arm::ttbr1"]
+        [::core::mem::offset_of!(vm_event_regs_arm, ttbr1) - 8usize];
+    ["Offset of field: vm_event_regs_arm::ttbcr"]
+        [::core::mem::offset_of!(vm_event_regs_arm, ttbcr) - 16usize];
+    ["Offset of field: vm_event_regs_arm::pc"]
+        [::core::mem::offset_of!(vm_event_regs_arm, pc) - 24usize];
+    ["Offset of field: vm_event_regs_arm::cpsr"]
+        [::core::mem::offset_of!(vm_event_regs_arm, cpsr) - 32usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_mem_access {
+    pub gfn: u64,
+    pub offset: u64,
+    pub gla: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_mem_access"][::core::mem::size_of::<vm_event_mem_access>() - 32usize];
+    ["Alignment of vm_event_mem_access"][::core::mem::align_of::<vm_event_mem_access>() - 8usize];
+    ["Offset of field: vm_event_mem_access::gfn"]
+        [::core::mem::offset_of!(vm_event_mem_access, gfn) - 0usize];
+    ["Offset of field: vm_event_mem_access::offset"]
+        [::core::mem::offset_of!(vm_event_mem_access, offset) - 8usize];
+    ["Offset of field: vm_event_mem_access::gla"]
+        [::core::mem::offset_of!(vm_event_mem_access, gla) - 16usize];
+    ["Offset of field: vm_event_mem_access::flags"]
+        [::core::mem::offset_of!(vm_event_mem_access, flags) - 24usize];
+    ["Offset of field: vm_event_mem_access::_pad"]
+        [::core::mem::offset_of!(vm_event_mem_access, _pad) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_write_ctrlreg {
+    pub index: u32,
+    pub _pad: u32,
+    pub new_value: u64,
+    pub old_value: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_write_ctrlreg"][::core::mem::size_of::<vm_event_write_ctrlreg>() - 24usize];
+    ["Alignment of vm_event_write_ctrlreg"]
+        [::core::mem::align_of::<vm_event_write_ctrlreg>() - 8usize];
+    ["Offset of field: vm_event_write_ctrlreg::index"]
+        [::core::mem::offset_of!(vm_event_write_ctrlreg, index) - 0usize];
+    ["Offset of field: vm_event_write_ctrlreg::_pad"]
+        [::core::mem::offset_of!(vm_event_write_ctrlreg, _pad) - 4usize];
+    ["Offset of field: vm_event_write_ctrlreg::new_value"]
+        [::core::mem::offset_of!(vm_event_write_ctrlreg, new_value) - 8usize];
+    ["Offset of field: vm_event_write_ctrlreg::old_value"]
+        [::core::mem::offset_of!(vm_event_write_ctrlreg, old_value) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_singlestep {
+    pub gfn: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_singlestep"][::core::mem::size_of::<vm_event_singlestep>() - 8usize];
+    ["Alignment of vm_event_singlestep"][::core::mem::align_of::<vm_event_singlestep>() - 8usize];
+    ["Offset of field: vm_event_singlestep::gfn"]
+        [::core::mem::offset_of!(vm_event_singlestep, gfn) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_fast_singlestep {
+    pub p2midx: u16,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_fast_singlestep"]
+        [::core::mem::size_of::<vm_event_fast_singlestep>() - 2usize];
+    ["Alignment of vm_event_fast_singlestep"]
+        [::core::mem::align_of::<vm_event_fast_singlestep>() - 2usize];
+    ["Offset of field: vm_event_fast_singlestep::p2midx"]
+        [::core::mem::offset_of!(vm_event_fast_singlestep, p2midx) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_debug {
+    pub gfn: u64,
+    pub pending_dbg: u64,
+    pub insn_length: u32,
+    pub type_: u8,
+    pub _pad: [u8; 3usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_debug"][::core::mem::size_of::<vm_event_debug>() - 24usize];
+    ["Alignment of vm_event_debug"][::core::mem::align_of::<vm_event_debug>() - 8usize];
+    ["Offset of field: vm_event_debug::gfn"][::core::mem::offset_of!(vm_event_debug, gfn) - 0usize];
+    ["Offset of field: vm_event_debug::pending_dbg"]
+        [::core::mem::offset_of!(vm_event_debug, pending_dbg) - 8usize];
+    ["Offset of field: vm_event_debug::insn_length"]
+        [::core::mem::offset_of!(vm_event_debug, insn_length) - 16usize];
+    ["Offset of field: vm_event_debug::type_"]
+        [::core::mem::offset_of!(vm_event_debug, type_) - 20usize];
+    ["Offset of field: vm_event_debug::_pad"]
+        [::core::mem::offset_of!(vm_event_debug, _pad) - 21usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_mov_to_msr {
+    pub msr: u64,
+    pub new_value: u64,
+    pub old_value: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_mov_to_msr"][::core::mem::size_of::<vm_event_mov_to_msr>() - 24usize];
+    ["Alignment of vm_event_mov_to_msr"][::core::mem::align_of::<vm_event_mov_to_msr>() - 8usize];
+    ["Offset of field: vm_event_mov_to_msr::msr"]
+        [::core::mem::offset_of!(vm_event_mov_to_msr, msr) - 0usize];
+    ["Offset of field: vm_event_mov_to_msr::new_value"]
+        [::core::mem::offset_of!(vm_event_mov_to_msr, new_value) - 8usize];
+    ["Offset of field: vm_event_mov_to_msr::old_value"]
+        [::core::mem::offset_of!(vm_event_mov_to_msr, old_value) - 16usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct vm_event_desc_access {
+    pub arch: vm_event_desc_access__bindgen_ty_1,
+    pub descriptor: u8,
+    pub is_write: u8,
+    pub _pad: [u8; 6usize],
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_desc_access__bindgen_ty_1 {
+    pub vmx: vm_event_desc_access__bindgen_ty_1__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_desc_access__bindgen_ty_1__bindgen_ty_1 {
+    pub instr_info: u32,
+    pub _pad1: u32,
+    pub exit_qualification: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_desc_access__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_desc_access__bindgen_ty_1__bindgen_ty_1>() - 16usize];
+    ["Alignment of vm_event_desc_access__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_desc_access__bindgen_ty_1__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_desc_access__bindgen_ty_1__bindgen_ty_1::instr_info"][::core::mem::offset_of!(
+        vm_event_desc_access__bindgen_ty_1__bindgen_ty_1,
+        instr_info
+    ) - 0usize];
+    ["Offset of field: vm_event_desc_access__bindgen_ty_1__bindgen_ty_1::_pad1"]
+        [::core::mem::offset_of!(vm_event_desc_access__bindgen_ty_1__bindgen_ty_1, _pad1) - 4usize];
+    ["Offset of field: vm_event_desc_access__bindgen_ty_1__bindgen_ty_1::exit_qualification"][::core::mem::offset_of!(
+        vm_event_desc_access__bindgen_ty_1__bindgen_ty_1,
+        exit_qualification
+    )
+        - 8usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_desc_access__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_desc_access__bindgen_ty_1>() - 16usize];
+    ["Alignment of vm_event_desc_access__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_desc_access__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_desc_access__bindgen_ty_1::vmx"]
+        [::core::mem::offset_of!(vm_event_desc_access__bindgen_ty_1, vmx) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_desc_access"][::core::mem::size_of::<vm_event_desc_access>() - 24usize];
+    ["Alignment of vm_event_desc_access"][::core::mem::align_of::<vm_event_desc_access>() - 8usize];
+    ["Offset of field: vm_event_desc_access::arch"]
+        [::core::mem::offset_of!(vm_event_desc_access, arch) - 0usize];
+    ["Offset of field: vm_event_desc_access::descriptor"]
+        [::core::mem::offset_of!(vm_event_desc_access, descriptor) - 16usize];
+    ["Offset of field: vm_event_desc_access::is_write"]
+        [::core::mem::offset_of!(vm_event_desc_access, is_write) - 17usize];
+    ["Offset of field: vm_event_desc_access::_pad"]
+        [::core::mem::offset_of!(vm_event_desc_access, _pad) - 18usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_cpuid {
+    pub insn_length: u32,
+    pub leaf: u32,
+    pub subleaf: u32,
+    pub _pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_cpuid"][::core::mem::size_of::<vm_event_cpuid>() - 16usize];
+    ["Alignment of vm_event_cpuid"][::core::mem::align_of::<vm_event_cpuid>() - 4usize];
+    ["Offset of field: vm_event_cpuid::insn_length"]
+        [::core::mem::offset_of!(vm_event_cpuid, insn_length) - 0usize];
+    ["Offset of field: vm_event_cpuid::leaf"]
+        [::core::mem::offset_of!(vm_event_cpuid, leaf) - 4usize];
+    ["Offset of field: vm_event_cpuid::subleaf"]
+        [::core::mem::offset_of!(vm_event_cpuid, subleaf) - 8usize];
+    ["Offset of field: vm_event_cpuid::_pad"]
+        [::core::mem::offset_of!(vm_event_cpuid, _pad) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_interrupt_x86 {
+    pub vector: u32,
+    pub type_: u32,
+    pub error_code: u32,
+    pub _pad: u32,
+    pub cr2: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_interrupt_x86"][::core::mem::size_of::<vm_event_interrupt_x86>() - 24usize];
+    ["Alignment of vm_event_interrupt_x86"]
+        [::core::mem::align_of::<vm_event_interrupt_x86>() - 8usize];
+    ["Offset of field: vm_event_interrupt_x86::vector"]
+        [::core::mem::offset_of!(vm_event_interrupt_x86, vector) - 0usize];
+    ["Offset of field: vm_event_interrupt_x86::type_"]
+        [::core::mem::offset_of!(vm_event_interrupt_x86, type_) - 4usize];
+    ["Offset of field: vm_event_interrupt_x86::error_code"]
+        [::core::mem::offset_of!(vm_event_interrupt_x86, error_code) - 8usize];
+    ["Offset of field: vm_event_interrupt_x86::_pad"]
+        [::core::mem::offset_of!(vm_event_interrupt_x86, _pad) - 12usize];
+    ["Offset of field: vm_event_interrupt_x86::cr2"]
+        [::core::mem::offset_of!(vm_event_interrupt_x86, cr2) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_paging {
+    pub gfn: u64,
+    pub p2mt: u32,
+    pub flags: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_paging"][::core::mem::size_of::<vm_event_paging>() - 16usize];
+    ["Alignment of vm_event_paging"][::core::mem::align_of::<vm_event_paging>() - 8usize];
+    ["Offset of field: vm_event_paging::gfn"]
+        [::core::mem::offset_of!(vm_event_paging, gfn) - 0usize];
+    ["Offset of field: vm_event_paging::p2mt"]
+        [::core::mem::offset_of!(vm_event_paging, p2mt) - 8usize];
+    ["Offset of field: vm_event_paging::flags"]
+        [::core::mem::offset_of!(vm_event_paging, flags) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_sharing {
+    pub gfn: u64,
+    pub p2mt: u32,
+    pub _pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_sharing"][::core::mem::size_of::<vm_event_sharing>() - 16usize];
+    ["Alignment of vm_event_sharing"][::core::mem::align_of::<vm_event_sharing>() - 8usize];
+    ["Offset of field: vm_event_sharing::gfn"]
+        [::core::mem::offset_of!(vm_event_sharing, gfn) - 0usize];
+    ["Offset of field: vm_event_sharing::p2mt"]
+        [::core::mem::offset_of!(vm_event_sharing, p2mt) - 8usize];
+    ["Offset of field: vm_event_sharing::_pad"]
+        [::core::mem::offset_of!(vm_event_sharing, _pad) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_emul_read_data {
+    pub size: u32,
+    pub data: [u8; 340usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_emul_read_data"]
+        [::core::mem::size_of::<vm_event_emul_read_data>() - 344usize];
+    ["Alignment of vm_event_emul_read_data"]
+        [::core::mem::align_of::<vm_event_emul_read_data>() - 4usize];
+    ["Offset of field: vm_event_emul_read_data::size"]
+        [::core::mem::offset_of!(vm_event_emul_read_data, size) - 0usize];
+    ["Offset of field: vm_event_emul_read_data::data"]
+        [::core::mem::offset_of!(vm_event_emul_read_data, data) - 4usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_emul_insn_data {
+    pub data: [u8; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_emul_insn_data"]
+        [::core::mem::size_of::<vm_event_emul_insn_data>() - 16usize];
+    ["Alignment of vm_event_emul_insn_data"]
+        [::core::mem::align_of::<vm_event_emul_insn_data>() - 1usize];
+    ["Offset of field: vm_event_emul_insn_data::data"]
+        [::core::mem::offset_of!(vm_event_emul_insn_data, data) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_vmexit {
+    pub arch: vm_event_vmexit__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_vmexit__bindgen_ty_1 {
+    pub vmx: vm_event_vmexit__bindgen_ty_1__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_vmexit__bindgen_ty_1__bindgen_ty_1 {
+    pub reason: u64,
+    pub qualification: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_vmexit__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_vmexit__bindgen_ty_1__bindgen_ty_1>() - 16usize];
+    ["Alignment of vm_event_vmexit__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_vmexit__bindgen_ty_1__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_vmexit__bindgen_ty_1__bindgen_ty_1::reason"]
+        [::core::mem::offset_of!(vm_event_vmexit__bindgen_ty_1__bindgen_ty_1, reason) - 0usize];
+    ["Offset of field: vm_event_vmexit__bindgen_ty_1__bindgen_ty_1::qualification"][::core::mem::offset_of!(
+        vm_event_vmexit__bindgen_ty_1__bindgen_ty_1,
+        qualification
+    ) - 8usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_vmexit__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_vmexit__bindgen_ty_1>() - 16usize];
+    ["Alignment of vm_event_vmexit__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_vmexit__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_vmexit__bindgen_ty_1::vmx"]
+        [::core::mem::offset_of!(vm_event_vmexit__bindgen_ty_1, vmx) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_vmexit"][::core::mem::size_of::<vm_event_vmexit>() - 16usize];
+    ["Alignment of vm_event_vmexit"][::core::mem::align_of::<vm_event_vmexit>() - 8usize];
+    ["Offset of field: vm_event_vmexit::arch"]
+        [::core::mem::offset_of!(vm_event_vmexit, arch) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct vm_event_st {
+    pub version: u32,
+    pub flags: u32,
+    pub reason: u32,
+    pub vcpu_id: u32,
+    pub altp2m_idx: u16,
+    pub _pad: [u16; 3usize],
+    pub u: vm_event_st__bindgen_ty_1,
+    pub data: vm_event_st__bindgen_ty_2,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_st__bindgen_ty_1 {
+    pub mem_paging: vm_event_paging,
+    pub mem_sharing: vm_event_sharing,
+    pub mem_access: vm_event_mem_access,
+    pub write_ctrlreg: vm_event_write_ctrlreg,
+    pub mov_to_msr: vm_event_mov_to_msr,
+    pub desc_access: vm_event_desc_access,
+    pub singlestep: vm_event_singlestep,
+    pub fast_singlestep: vm_event_fast_singlestep,
+    pub software_breakpoint: vm_event_debug,
+    pub debug_exception: vm_event_debug,
+    pub cpuid: vm_event_cpuid,
+    pub vmexit: vm_event_vmexit,
+    pub interrupt: vm_event_st__bindgen_ty_1__bindgen_ty_1,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_st__bindgen_ty_1__bindgen_ty_1 {
+    pub x86: vm_event_interrupt_x86,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_st__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_st__bindgen_ty_1__bindgen_ty_1>() - 24usize];
+    ["Alignment of vm_event_st__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_st__bindgen_ty_1__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1__bindgen_ty_1::x86"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1__bindgen_ty_1, x86) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_st__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_st__bindgen_ty_1>() - 32usize];
+    ["Alignment of vm_event_st__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_st__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::mem_paging"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, mem_paging) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::mem_sharing"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, mem_sharing) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::mem_access"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, mem_access) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::write_ctrlreg"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, write_ctrlreg) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::mov_to_msr"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, mov_to_msr) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::desc_access"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, desc_access) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::singlestep"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, singlestep) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::fast_singlestep"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, fast_singlestep) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::software_breakpoint"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, software_breakpoint) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::debug_exception"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, debug_exception) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::cpuid"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, cpuid) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::vmexit"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, vmexit) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_1::interrupt"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_1, interrupt) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_st__bindgen_ty_2 {
+    pub regs: vm_event_st__bindgen_ty_2__bindgen_ty_1,
+    pub emul: vm_event_st__bindgen_ty_2__bindgen_ty_2,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_st__bindgen_ty_2__bindgen_ty_1 {
+    pub x86: vm_event_regs_x86,
+    pub arm: vm_event_regs_arm,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_st__bindgen_ty_2__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_st__bindgen_ty_2__bindgen_ty_1>() - 344usize];
+    ["Alignment of vm_event_st__bindgen_ty_2__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_st__bindgen_ty_2__bindgen_ty_1>() - 8usize];
+    ["Offset of field: vm_event_st__bindgen_ty_2__bindgen_ty_1::x86"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_2__bindgen_ty_1, x86) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_2__bindgen_ty_1::arm"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_2__bindgen_ty_1, arm) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_st__bindgen_ty_2__bindgen_ty_2 {
+    pub read: vm_event_emul_read_data,
+    pub insn: vm_event_emul_insn_data,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_st__bindgen_ty_2__bindgen_ty_2"]
+        [::core::mem::size_of::<vm_event_st__bindgen_ty_2__bindgen_ty_2>() - 344usize];
+    ["Alignment of vm_event_st__bindgen_ty_2__bindgen_ty_2"]
+        [::core::mem::align_of::<vm_event_st__bindgen_ty_2__bindgen_ty_2>() - 4usize];
+    ["Offset of field: vm_event_st__bindgen_ty_2__bindgen_ty_2::read"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_2__bindgen_ty_2, read) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_2__bindgen_ty_2::insn"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_2__bindgen_ty_2, insn) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_st__bindgen_ty_2"]
+        [::core::mem::size_of::<vm_event_st__bindgen_ty_2>() - 344usize];
+    ["Alignment of vm_event_st__bindgen_ty_2"]
+        [::core::mem::align_of::<vm_event_st__bindgen_ty_2>() - 8usize];
+    ["Offset of field: vm_event_st__bindgen_ty_2::regs"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_2, regs) - 0usize];
+    ["Offset of field: vm_event_st__bindgen_ty_2::emul"]
+        [::core::mem::offset_of!(vm_event_st__bindgen_ty_2, emul) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_st"][::core::mem::size_of::<vm_event_st>() - 400usize];
+    ["Alignment of vm_event_st"][::core::mem::align_of::<vm_event_st>() - 8usize];
+    ["Offset of field: vm_event_st::version"]
+        [::core::mem::offset_of!(vm_event_st, version) - 0usize];
+    ["Offset of field: vm_event_st::flags"][::core::mem::offset_of!(vm_event_st, flags) - 4usize];
+    ["Offset of field: vm_event_st::reason"][::core::mem::offset_of!(vm_event_st, reason) - 8usize];
+    ["Offset of field: vm_event_st::vcpu_id"]
+        [::core::mem::offset_of!(vm_event_st, vcpu_id) - 12usize];
+    ["Offset of field: vm_event_st::altp2m_idx"]
+        [::core::mem::offset_of!(vm_event_st, altp2m_idx) - 16usize];
+    ["Offset of field: vm_event_st::_pad"][::core::mem::offset_of!(vm_event_st, _pad) - 18usize];
+    ["Offset of field: vm_event_st::u"][::core::mem::offset_of!(vm_event_st, u) - 24usize];
+    ["Offset of field: vm_event_st::data"][::core::mem::offset_of!(vm_event_st, data) - 56usize];
+};
+pub type vm_event_request_t = vm_event_st;
+pub type vm_event_response_t = vm_event_st;
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_sring_entry {
+    pub req: vm_event_request_t,
+    pub rsp: vm_event_response_t,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_sring_entry"][::core::mem::size_of::<vm_event_sring_entry>() - 400usize];
+    ["Alignment of vm_event_sring_entry"][::core::mem::align_of::<vm_event_sring_entry>() - 8usize];
+    ["Offset of field: vm_event_sring_entry::req"]
+        [::core::mem::offset_of!(vm_event_sring_entry, req) - 0usize];
+    ["Offset of field: vm_event_sring_entry::rsp"]
+        [::core::mem::offset_of!(vm_event_sring_entry, rsp) - 0usize];
+};
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct vm_event_sring {
+    pub req_prod: RING_IDX,
+    pub req_event: RING_IDX,
+    pub rsp_prod: RING_IDX,
+    pub rsp_event: RING_IDX,
+    pub pvt: vm_event_sring__bindgen_ty_1,
+    pub __pad: [u8; 44usize],
+    pub ring: [vm_event_sring_entry; 1usize],
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union vm_event_sring__bindgen_ty_1 {
+    pub netif: vm_event_sring__bindgen_ty_1__bindgen_ty_1,
+    pub tapif_user: vm_event_sring__bindgen_ty_1__bindgen_ty_2,
+    pub pvt_pad: [u8; 4usize],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_sring__bindgen_ty_1__bindgen_ty_1 {
+    pub smartpoll_active: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_sring__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_sring__bindgen_ty_1__bindgen_ty_1>() - 1usize];
+    ["Alignment of vm_event_sring__bindgen_ty_1__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_sring__bindgen_ty_1__bindgen_ty_1>() - 1usize];
+    ["Offset of field: vm_event_sring__bindgen_ty_1__bindgen_ty_1::smartpoll_active"][::core::mem::offset_of!(
+        vm_event_sring__bindgen_ty_1__bindgen_ty_1,
+        smartpoll_active
+    ) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct vm_event_sring__bindgen_ty_1__bindgen_ty_2 {
+    pub msg: u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_sring__bindgen_ty_1__bindgen_ty_2"]
+        [::core::mem::size_of::<vm_event_sring__bindgen_ty_1__bindgen_ty_2>() - 1usize];
+    ["Alignment of vm_event_sring__bindgen_ty_1__bindgen_ty_2"]
+        [::core::mem::align_of::<vm_event_sring__bindgen_ty_1__bindgen_ty_2>() - 1usize];
+    ["Offset of field: vm_event_sring__bindgen_ty_1__bindgen_ty_2::msg"]
+        [::core::mem::offset_of!(vm_event_sring__bindgen_ty_1__bindgen_ty_2, msg) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_sring__bindgen_ty_1"]
+        [::core::mem::size_of::<vm_event_sring__bindgen_ty_1>() - 4usize];
+    ["Alignment of vm_event_sring__bindgen_ty_1"]
+        [::core::mem::align_of::<vm_event_sring__bindgen_ty_1>() - 1usize];
+    ["Offset of field: vm_event_sring__bindgen_ty_1::netif"]
+        [::core::mem::offset_of!(vm_event_sring__bindgen_ty_1, netif) - 0usize];
+    ["Offset of field: vm_event_sring__bindgen_ty_1::tapif_user"]
+        [::core::mem::offset_of!(vm_event_sring__bindgen_ty_1, tapif_user) - 0usize];
+    ["Offset of field: vm_event_sring__bindgen_ty_1::pvt_pad"]
+        [::core::mem::offset_of!(vm_event_sring__bindgen_ty_1, pvt_pad) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vm_event_sring"][::core::mem::size_of::<vm_event_sring>() - 464usize];
+    ["Alignment of vm_event_sring"][::core::mem::align_of::<vm_event_sring>() - 8usize];
+    ["Offset of field: vm_event_sring::req_prod"]
+        [::core::mem::offset_of!(vm_event_sring, req_prod) - 0usize];
+    ["Offset of field: vm_event_sring::req_event"]
+        [::core::mem::offset_of!(vm_event_sring, req_event) - 4usize];
+    ["Offset of field: vm_event_sring::rsp_prod"]
+        [::core::mem::offset_of!(vm_event_sring, rsp_prod) - 8usize];
+    ["Offset of field: vm_event_sring::rsp_event"]
+        [::core::mem::offset_of!(vm_event_sring, rsp_event) - 12usize];
+    ["Offset of field: vm_event_sring::pvt"]
+        [::core::mem::offset_of!(vm_event_sring, pvt) - 16usize];
+    ["Offset of field: vm_event_sring::__pad"]
+        [::core::mem::offset_of!(vm_event_sring, __pad) - 20usize];
+    ["Offset of field: vm_event_sring::ring"]
+        [::core::mem::offset_of!(vm_event_sring, ring) - 64usize];
+};
 pub const CIRC_HVM_SAVE_CODE_CPU: circ_hvm_save_code = 2;
 pub type circ_hvm_save_code = ::core::ffi::c_uint;
 pub type __builtin_va_list = [__va_list_tag; 1usize];

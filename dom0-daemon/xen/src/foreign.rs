@@ -153,6 +153,12 @@ pub struct XenMapping {
 unsafe impl Send for XenMapping {}
 
 impl XenMapping {
+    /// Start of the mapping, for code in this crate that shares a page with
+    /// Xen (the sharing ring) and needs atomics rather than copies.
+    pub(crate) fn as_non_null(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
     /// Pointer to `offset` in page `index`, after checking that the page
     /// mapped and `[offset, offset + len)` stays inside it.
     fn page_ptr(&self, index: usize, offset: usize, len: usize) -> Result<*mut u8, HvError> {

@@ -6,13 +6,13 @@ use std::mem;
 use circ_hv::populated::probe_populated;
 use circ_hv::{
     DomId, DomainInfo, ErrorKind, Gfn, GfnRange, GrantRef, HvError, Hypervisor, PhysInfo,
-    SharePage, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
+    SharePage, SharingEvents, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
 };
 use circ_xen_sys as sys;
 
 use crate::dom0::{check_dom0, OpenError};
 use crate::domain::{decode_state, decode_type};
-use crate::{errno, XenCtrl, XenForeignMemory};
+use crate::{errno, XenCtrl, XenForeignMemory, XenSharingEvents};
 
 /// Domains fetched per `xc_domain_getinfolist` call.
 const GETINFO_BATCH: usize = 64;
@@ -287,6 +287,12 @@ impl Hypervisor for XenHypervisor {
         // SAFETY: plain call on a valid handle.
         let n = unsafe { sys::xc_sharing_used_frames(self.ctrl.raw()) };
         u64::try_from(n).map_err(|_| errno::error("failed to read the frames used by sharing"))
+    }
+
+    /// Rings are enabled per domain by `attach`; each opens its own
+    /// libxenctrl and libxenevtchn handles.
+    fn sharing_events(&self) -> Result<Box<dyn SharingEvents>, HvError> {
+        Ok(Box::new(XenSharingEvents::new(self.fmem.clone())))
     }
 
     /// PV: `xc_vcpu_getcontext`, read as a 64-bit guest (32-bit PV guests

@@ -12,6 +12,7 @@
 //! | [`XenStoreHandle`] | libxenstore | `XenStore` |
 //! | [`GrantTable`] | libxengnttab | - |
 //! | [`EventChannels`] | libxenevtchn | - |
+//! | [`XenSharingEvents`] ([`SharingRing`] per domain) | libxenctrl + libxenevtchn | `SharingEvents` |
 
 mod ctrl;
 mod dom0;
@@ -22,6 +23,7 @@ mod foreign;
 mod gnttab;
 mod hypervisor;
 mod logger;
+mod sharing_ring;
 mod xenstore;
 
 pub use ctrl::XenCtrl;
@@ -31,4 +33,5 @@ pub use evtchn::{EventChannels, Port};
 pub use foreign::{XenForeignMemory, XenMapping};
 pub use gnttab::{GrantCopy, GrantCopyError, GrantTable};
 pub use hypervisor::XenHypervisor;
+pub use sharing_ring::{SharingRing, XenSharingEvents};
 pub use xenstore::XenStoreHandle;

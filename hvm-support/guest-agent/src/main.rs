@@ -10,6 +10,10 @@
 //!   to this guest (derived from its name), then verify the whole buffer;
 //! - any other new value (e.g. `verify-2`): verify the whole buffer.
 //!
+//! Without `/dev/xen/xenbus` (not under Xen: the KSM peer guest of the
+//! memshare benchmark, booted by plain QEMU) it fills the same buffer and
+//! holds it, taking no commands.
+//!
 //! Each verification is reported as `<command> ok` or `<command> bad=N
 //! first=I` (console line `circ-guest-agent: ...` and the state node): a
 //! guest that ever saw another guest's bytes, or stale ones, says `bad`.
@@ -143,6 +147,15 @@ impl Xenbus {
     }
 }
 
+/// The buffer, filled with the pattern common to every guest.
+fn filled_buffer() -> Vec<Page> {
+    let mut buffer = vec![Page([0; PAGE_SIZE]); BUFFER_PAGES];
+    for (i, page) in buffer.iter_mut().enumerate() {
+        fill(page, COMMON_SEED, i);
+    }
+    buffer
+}
+
 fn say(line: &str) {
     println!("circ-guest-agent: {line}");
 }
@@ -171,17 +184,23 @@ fn main() {
     let mut xb = match Xenbus::open() {
         Ok(xb) => xb,
         Err(e) => {
-            say(&format!("no xenbus ({e}); idle"));
-            return;
+            // Not under Xen: the memshare benchmark boots this initrd
+            // under plain QEMU as KSM's peer guest. Hold the same buffer
+            // the Xen guests hold, so both sides have the same pages.
+            let buffer = filled_buffer();
+            say(&format!(
+                "no xenbus ({e}); filled pages={BUFFER_PAGES}, holding it"
+            ));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+                std::hint::black_box(&buffer);
+            }
         }
     };
     let name = xb.read("name").ok().flatten().unwrap_or_default();
     let own_seed = fnv1a(name.as_bytes()) | 1;
 
-    let mut buffer = vec![Page([0; PAGE_SIZE]); BUFFER_PAGES];
-    for (i, page) in buffer.iter_mut().enumerate() {
-        fill(page, COMMON_SEED, i);
-    }
+    let mut buffer = filled_buffer();
     say(&format!("filled pages={BUFFER_PAGES} name={name}"));
     if let Err(e) = xb.write(STATE, "filled") {
         say(&format!("cannot report state: {e}"));

@@ -76,6 +76,19 @@ wait_for() {
     done
 }
 
+# guest_tsc_line TYPE: HVM-container guests (pvh, hvm) read the TSC natively.
+# QEMU's emulated CPU has no invariant TSC, so Xen's default would intercept
+# every RDTSC of such a guest (a VM exit, decoded by Xen: the emulated SVM has
+# no next-RIP). The guest kernel's clock reads RDTSC constantly, and every
+# exit under TCG's SVM costs time and has been where PVH guests triple-fault
+# (docs/memshare.md). PV guests do not run under SVM: left at Xen's default.
+guest_tsc_line() {
+    case $1 in
+    pv) echo '# tsc_mode: Xen default' ;;
+    *) echo 'tsc_mode = "native"' ;;
+    esac
+}
+
 # guest_config NAME TYPE [MEMORY_MIB]: an xl config for a busybox test guest.
 guest_config() {
     local cfg="$LAB_OUT/$1.cfg"
@@ -87,6 +100,7 @@ ramdisk = "/lab/guest/initrd.gz"
 extra = "console=hvc0 quiet"
 memory = ${3:-128}
 vcpus = 1
+$(guest_tsc_line "$2")
 on_crash = "preserve"
 # A lab guest never reboots on purpose: keep one that does (e.g. after a
 # triple fault) for the logs instead of restarting it under a new domid.
@@ -101,27 +115,86 @@ CFG
 
 guest_console() { echo "/var/log/xen/console/guest-$1.log"; }
 
-guest_is_up() { grep -q 'circ-guest: up' "$(guest_console "$1")"; }
+guest_is_up() { grep -qs 'circ-guest: up' "$(guest_console "$1")"; }
 
-# start_guest NAME TYPE: creates the guest and waits until its init runs;
-# reports both times. Emulated SVM has been seen to triple-fault a PVH guest
-# during boot once: a guest that crashes or stays silent is retried once.
-start_guest() {
-    local name=$1 type=$2 cfg t0 t1 attempt
-    cfg=$(guest_config "$name" "$type")
-    for attempt in 1 2; do
-        t0=$(now_ms)
-        if xl create "$cfg" >>"$LAB_OUT/xl.log" 2>&1; then
-            t1=$(now_ms)
-            if wait_for 180 guest_is_up "$name"; then
-                timing "$name: xl create" $((t1 - t0))
-                timing "$name: create to guest init" $(($(now_ms) - t0))
-                return 0
-            fi
-        fi
-        info "$name: attempt $attempt failed" "$(jq -cn --arg state "$(xl list "$name" 2>&1 | tail -1)" '$state')"
-        xl destroy "$name" >/dev/null 2>&1
-        sleep 1
-    done
-    return 1
+# guest_state NAME: xl's state flags (e.g. "-b----"), empty if no such domain.
+guest_state() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
+
+# guest_alive NAME: the domain exists and has not shut down, crashed or died.
+# (Lab guests keep a domain that reboots, e.g. after a triple fault: it shows
+# as shut down.)
+guest_alive() {
+    local state
+    state=$(guest_state "$1")
+    [ -n "$state" ] && [ "${state#*[scd]}" = "$state" ]
 }
+
+# guest_ready NAME: its init runs and, if the scenario set GUEST_READY (a
+# command, given the guest's name), that holds too (e.g. its agent reported).
+guest_ready() {
+    guest_is_up "$1" || return 1
+    [ -z "${GUEST_READY:-}" ] || "$GUEST_READY" "$1"
+}
+
+# start_guests TYPE NAME...: creates every guest first, then waits until each
+# one is ready (guest_ready), so that their boots overlap; reports each one's
+# create time and time to its init. A guest that dies or stays silent for
+# GUEST_BOOT_SECS (default 180) during boot is destroyed and created again,
+# once, reported as an `info` event: emulated SVM has been seen to
+# triple-fault a PVH guest during boot. Fails if a guest fails twice.
+start_guests() {
+    local type=$1 name cfg t now failed=0
+    shift
+    local -A created_ms tries
+    local pending=("$@") next
+    for name in "$@"; do
+        tries[$name]=0
+    done
+    # One attempt at creating guest $1.
+    _start_guests_create() {
+        cfg=$(guest_config "$1" "$type")
+        tries[$1]=$((tries[$1] + 1))
+        created_ms[$1]=$(now_ms)
+        if xl create "$cfg" >>"$LAB_OUT/xl.log" 2>&1; then
+            timing "$1: xl create" $(($(now_ms) - created_ms[$1]))
+        fi
+    }
+    for name in "$@"; do
+        _start_guests_create "$name"
+    done
+    while [ "${#pending[@]}" -gt 0 ]; do
+        next=()
+        for name in "${pending[@]}"; do
+            now=$(now_ms)
+            if guest_ready "$name"; then
+                timing "$name: create to guest init" $((now - created_ms[$name]))
+                continue
+            fi
+            t=$((now - created_ms[$name]))
+            if guest_alive "$name" && [ "$t" -lt $((${GUEST_BOOT_SECS:-180} * 1000)) ]; then
+                next+=("$name")
+                continue
+            fi
+            info "$name: attempt ${tries[$name]} failed" \
+                "$(jq -cn --arg state "$(xl list "$name" 2>&1 | tail -1)" --argjson ms "$t" \
+                    '{state: $state, ms_since_create: $ms}')"
+            echo "$name: attempt ${tries[$name]} failed after $t ms: $(xl list "$name" 2>&1 | tail -1)"
+            xl destroy "$name" >/dev/null 2>&1
+            # The next attempt logs to a console file of its own.
+            mv "$(guest_console "$name")" "$(guest_console "$name").attempt${tries[$name]}" 2>/dev/null
+            if [ "${tries[$name]}" -lt 2 ]; then
+                sleep 1
+                _start_guests_create "$name"
+                next+=("$name")
+            else
+                failed=1
+            fi
+        done
+        pending=("${next[@]}")
+        [ "${#pending[@]}" -gt 0 ] && sleep 0.5
+    done
+    return "$failed"
+}
+
+# start_guest NAME TYPE: start_guests for one guest.
+start_guest() { start_guests "$2" "$1"; }

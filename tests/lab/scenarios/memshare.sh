@@ -6,6 +6,10 @@
 # pattern and verifies all of it (copy-on-write: no guest ever sees another's
 # bytes); a shared guest is destroyed and the host must stay consistent.
 # On the stock hypervisor (no CONFIG_MEM_SHARING) the tools must refuse cleanly.
+#
+# A guest that crashes fails the run, at once. Only a guest that dies (or
+# stays silent) while booting, before any sharing, is created again, once
+# (start_guests): emulated SVM has triple-faulted PVH guests at boot.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
@@ -23,11 +27,71 @@ domid() { xl domid "$1" 2>/dev/null; }
 agent_state() { xenstore-read "/local/domain/$(domid "$1")/data/circ-agent/state" 2>/dev/null; }
 agent_command() { xenstore-write "/local/domain/$(domid "$1")/data/circ-agent/command" "$2"; }
 state_is() { [ "$(agent_state "$1")" = "$2" ]; }
-# agent_says GUEST COMMAND: send COMMAND, wait for "COMMAND ok".
+# agent_says_ok GUEST COMMAND: send COMMAND, wait for "COMMAND ok".
 agent_says_ok() {
     agent_command "$1" "$2" || return 1
-    wait_for 90 state_is "$1" "$2 ok" || { echo "state of $1: $(agent_state "$1")"; return 1; }
+    wait_running 90 agent_answered "$1" "$2"
+    state_is "$1" "$2 ok" || { echo "state of $1: $(agent_state "$1")"; return 1; }
     echo "$1: $(agent_state "$1")"
+}
+# agent_answered GUEST COMMAND: the agent reported on COMMAND, ok or not.
+agent_answered() { case $(agent_state "$1") in "$2 "*) return 0 ;; esac; return 1; }
+
+# The guests that must be running, and the domid each one booted as.
+LIVE=()
+declare -A DOMID
+# guests_dead: "NAME(state)" for each guest of LIVE that is no longer running
+# as the domain it booted as (crashed, shut down, rebooted or gone).
+guests_dead() {
+    local list g line state
+    list=$(xl list 2>/dev/null) || { echo "(xl list failed)"; return; }
+    for g in "${LIVE[@]}"; do
+        line=$(awk -v n="$g" '$1 == n { print $2, $5 }' <<<"$list")
+        state=${line#* }
+        case $line in
+        "${DOMID[$g]} "*) [ "${state#*[scd]}" = "$state" ] || printf '%s(%s) ' "$g" "$state" ;;
+        *) printf '%s(%s) ' "$g" "${line:-gone}" ;;
+        esac
+    done
+}
+# guests_running: every guest of LIVE still runs; otherwise says which died
+# and what Xen logged about them.
+guests_running() {
+    local dead
+    dead=$(guests_dead)
+    [ -z "$dead" ] && return 0
+    echo "guest died: $dead"
+    xl dmesg | grep -E 'Triple fault|crash' | tail -n 5
+    return 1
+}
+# stop_unless_guests_run: a guest that crashed fails the run at once (the
+# remaining steps would only time out).
+stop_unless_guests_run() {
+    [ -z "$(guests_dead)" ] && return 0
+    check "all guests still running" guests_running
+    exit 1
+}
+# wait_running SECONDS CMD...: wait_for, but gives up as soon as a guest died.
+wait_running() {
+    local deadline=$(($(date +%s) + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        guests_running || return 1
+        [ "$(date +%s)" -ge "$deadline" ] && return 1
+        sleep 1
+    done
+}
+# no_crash_logged NAME...: Xen logged no triple fault or crash of the domain
+# each guest booted as.
+no_crash_logged() {
+    local g id found=0
+    for g in "$@"; do
+        id=${DOMID[$g]}
+        if xl dmesg | grep -E "d${id}v[0-9]+ Triple fault|Domain ${id} \(vcpu#[0-9]+\) crashed"; then
+            found=1
+        fi
+    done
+    return "$found"
 }
 
 if [ "$LAB_XEN" = stock ]; then
@@ -45,18 +109,23 @@ fi
 
 free_initial=$(free_mib)
 t_first_guest=$(now_ms)
-for g in ms-a ms-b ms-c; do
-    check "$g (PVH) boots" start_guest "$g" pvh
-done
-agent_filled() {
-    wait_for 120 state_is "$1" filled && return 0
+# The three boots overlap; a guest is ready once its agent filled its buffer.
+agent_filled() { state_is "$1" filled; }
+GUEST_READY=agent_filled GUEST_BOOT_SECS=240 \
+    check "ms-a, ms-b, ms-c (PVH, same kernel and initrd) boot" start_guests pvh ms-a ms-b ms-c
+timing "memshare: first guest create to all agents ready" $(($(now_ms) - t_first_guest))
+agent_says_filled() {
+    agent_filled "$1" && return 0
     echo "state: '$(agent_state "$1")'; console:"
     tail -n 5 "$(guest_console "$1")"
     return 1
 }
 for g in ms-a ms-b ms-c; do
-    check "$g agent filled its buffer" agent_filled "$g"
+    check "$g agent filled its buffer" agent_says_filled "$g" || exit 1
+    DOMID[$g]=$(domid "$g")
+    LIVE+=("$g")
 done
+info "memshare: domids" "$(for g in ms-a ms-b ms-c; do jq -cn --arg n "$g" --argjson id "${DOMID[$g]}" '{($n): $id}'; done | jq -cs add)"
 
 check "circ share enable ms-a" circ share enable ms-a
 check "circ share enable ms-b" circ share enable ms-b
@@ -87,7 +156,8 @@ settled() {
     jq -e '.daemon.rounds >= 3 and .daemon.last_round.pages_shared == 0 and .host.freed_pages > 0' \
         "$LAB_OUT/now.json" >/dev/null
 }
-check "daemon runs and sharing settles" wait_for 480 settled
+check "daemon runs and sharing settles" wait_running 480 settled
+stop_unless_guests_run
 check "daemon is still running" kill -0 "$daemon"
 check "circ share status after sharing" status shared
 check "circ share status (text) runs" circ share status --status-file "$STATUS_FILE"
@@ -140,14 +210,27 @@ start_daemon
 for g in ms-a ms-b ms-c; do
     check "$g writes half its buffer and verifies all of it" agent_says_ok "$g" write
 done
+stop_unless_guests_run
 check "circ share status after the writes" status written
 info "memshare: after copy-on-write" "$(jq -c '.host' "$LAB_OUT/written.json")"
 check_json "the writes broke sharing of those pages (freed pages dropped)" "$LAB_OUT/written.json" \
     ".host.freed_pages < $freed"
-sleep 6
+# The daemon sees copy-on-write breaks as drops of Xen's shr_pages at the
+# start and end of its rounds: wait until a round that began after the
+# writes has ended. (The status file is the restarted daemon's only once it
+# finished a round.)
+rounds_written=$(jq -r --argjson pid "$daemon" \
+    'if .daemon.pid == $pid then .daemon.rounds else 0 end' "$LAB_OUT/written.json")
+rounds_past() {
+    status rounds &&
+        jq -e --argjson pid "$daemon" ".daemon.pid == \$pid and .daemon.rounds >= $1" \
+            "$LAB_OUT/rounds.json" >/dev/null
+}
+check "the daemon ran two more rounds" wait_running 240 rounds_past $((rounds_written + 2))
 for g in ms-a ms-b ms-c; do
     check "$g verifies again after more rounds" agent_says_ok "$g" verify-2
 done
+stop_unless_guests_run
 check "status after more rounds" status cow
 check_json "the daemon counted copy-on-write breaks" "$LAB_OUT/cow.json" \
     '[.domains[] | select(.name == "ms-a" or .name == "ms-b") | .unshared_since] | add > 0'
@@ -156,10 +239,13 @@ check_json "the daemon counted copy-on-write breaks" "$LAB_OUT/cow.json" \
 b_memory=$(field cow ms-b memory_kib)
 b_domid=$(domid ms-b)
 free_before_destroy=$(free_mib)
+LIVE=(ms-a ms-c)
 check "xl destroy ms-b (shared)" xl destroy ms-b
 gone() { ! xl list ms-b >/dev/null 2>&1; }
 check "ms-b is gone" wait_for 30 gone
-sleep 6
+# Xen frees a dead domain's memory asynchronously: give it up to 30 s.
+freed_back() { [ $(($(free_mib) - free_before_destroy)) -ge $((b_memory * 9 / 10 / 1024)) ]; }
+wait_for 30 freed_back
 free_after_destroy=$(free_mib)
 info "memshare: destroy ms-b" "$(jq -cn --argjson before "$free_before_destroy" \
     --argjson after "$free_after_destroy" --argjson b_kib "$b_memory" \
@@ -172,13 +258,17 @@ check "ms-c still verifies" agent_says_ok ms-c verify-3
 check "status after destroy" status destroyed
 check_json "ms-b is no longer listed" "$LAB_OUT/destroyed.json" '[.domains[] | select(.name == "ms-b")] | length == 0'
 key_gone() { ! xenstore-exists "/local/domain/0/circular/memshare/$b_domid"; }
-check "the daemon removed ms-b's opt-in key" wait_for 20 key_gone
+check "the daemon removed ms-b's opt-in key" wait_running 90 key_gone
 check "the daemon reported no fatal error" sh -c "! grep -q '^circ-memshare:' $LAB_OUT/daemon.err"
+check "ms-a and ms-c still run as the domains they booted as" guests_running
+check "Xen logged no crash of the scenario's guests" no_crash_logged ms-a ms-b ms-c
 
 kill "$daemon"
 wait "$daemon" 2>/dev/null
+LIVE=()
 check "xl destroy the rest" sh -c 'xl destroy ms-a && xl destroy ms-c'
-sleep 3
+no_shared_frames() { status empty && jq -e '.host.freed_pages == 0 and .host.used_frames == 0' "$LAB_OUT/empty.json"; }
+wait_for 30 no_shared_frames
 check "status with no guests" status empty
 check_json "no shared frames remain" "$LAB_OUT/empty.json" '.host.freed_pages == 0 and .host.used_frames == 0'
 free_end=$(free_mib)

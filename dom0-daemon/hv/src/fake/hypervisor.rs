@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::os_err;
+use super::sharing_events::Rings;
+use super::{os_err, FakeSharingEvents};
 use crate::{
     DomId, DomainInfo, DomainState, DomainType, Errno, ErrorKind, ForeignMapping, ForeignMemory,
     Gfn, GfnRange, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage,
@@ -145,6 +146,7 @@ impl Host {
 #[derive(Debug, Clone)]
 pub struct FakeHypervisor {
     host: Arc<Mutex<Host>>,
+    rings: Arc<Mutex<Rings>>,
 }
 
 impl Default for FakeHypervisor {
@@ -185,6 +187,7 @@ impl FakeHypervisor {
         host.domains.insert(DomId::DOM0, dom0);
         Self {
             host: Arc::new(Mutex::new(host)),
+            rings: Arc::default(),
         }
     }
 
@@ -265,6 +268,17 @@ impl FakeHypervisor {
     /// `false` models stock Debian Xen: sharing calls fail with ENOSYS.
     pub fn set_sharing_supported(&self, supported: bool) {
         self.lock().sharing_supported = supported;
+    }
+
+    /// Free host memory as `physinfo` reports it.
+    pub fn set_free_pages(&self, pages: u64) {
+        self.lock().phys.free_pages = pages;
+    }
+
+    /// The host's sharing rings, as [`Hypervisor::sharing_events`] hands
+    /// them out: for tests to post requests and check answers.
+    pub fn sharing_rings(&self) -> FakeSharingEvents {
+        FakeSharingEvents::new(self.clone(), Arc::clone(&self.rings))
     }
 
     /// A foreign-memory handle onto this host.
@@ -459,6 +473,13 @@ impl Hypervisor for FakeHypervisor {
             .get(vcpu as usize)
             .copied()
             .ok_or_else(|| os_err(format!("no vcpu {vcpu} in domain {dom}"), libc::ESRCH))
+    }
+
+    fn sharing_events(&self) -> Result<Box<dyn crate::SharingEvents>, HvError> {
+        if !self.lock().sharing_supported {
+            return Err(os_err("memory sharing is not built in", libc::ENOSYS));
+        }
+        Ok(Box::new(self.sharing_rings()))
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`FakeHypervisor`]: domains with page contents; pause counts; memory
 //!   sharing with handles, copy-on-write and Xen's counters; nominate fails
 //!   with E2BIG while a [`FakeForeignMemory`] mapping of the page is alive.
+//! - [`FakeSharingEvents`]: memory-sharing vm_event rings; tests post
+//!   ENOMEM requests and see which vCPUs were resumed.
 //! - [`FakeXenStore`]: nodes, watches (with the initial event), transactions
 //!   that fail with EAGAIN on conflict.
 //!
@@ -11,9 +13,11 @@
 //! when no event is queued.
 
 mod hypervisor;
+mod sharing_events;
 mod xenstore;
 
 pub use hypervisor::{FakeForeignMapping, FakeForeignMemory, FakeHypervisor};
+pub use sharing_events::FakeSharingEvents;
 pub use xenstore::FakeXenStore;
 
 use crate::{Errno, HvError};

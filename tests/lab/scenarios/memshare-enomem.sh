@@ -1,0 +1,196 @@
+#!/bin/bash
+# Scenario `memshare-enomem`: a copy-on-write break on a host with no free
+# memory pauses the guest instead of crashing it, and circ-memshare gets it
+# going again. Three PVH guests (ms-a, ms-b, ms-c, opted in) share their
+# agents' identical 32 MiB buffers. Then a paused PV guest (the hog) takes
+# all but a few MiB of Xen's free memory, and a guest overwrites half its
+# shared buffer (16 MiB of copy-on-write breaks). Three guests, because
+# breaking the last sharer of a frame needs no new frame (Xen makes it
+# private again): after ms-a's write, ms-b's pages are still shared with ms-c.
+# 1. daemon with --dom0-min-mib equal to dom0's memory (nothing to balloon):
+#    ms-a's vCPU stays paused, not crashed; the daemon says what to do; the
+#    scenario frees memory (xl destroy of the hog) and ms-a resumes by itself;
+# 2. daemon restarted with the default floor, a new hog: ms-b's vCPU is
+#    paused, the daemon balloons dom0 down and resumes it.
+# All guests then verify their whole buffer (copy-on-write held).
+set -u
+# shellcheck source=tests/lab/dom0/lib.sh
+. /lab/lib.sh
+
+STATUS_FILE=/run/circular/memshare.json
+
+status() { circ share status --json --status-file "$STATUS_FILE" >"$LAB_OUT/$1.json"; }
+free_mib() { xl info free_memory; }
+domid() { xl domid "$1" 2>/dev/null; }
+agent_state() { xenstore-read "/local/domain/$(domid "$1")/data/circ-agent/state" 2>/dev/null; }
+agent_command() { xenstore-write "/local/domain/$(domid "$1")/data/circ-agent/command" "$2"; }
+agent_filled() { [ "$(agent_state "$1")" = filled ]; }
+# agent_answered GUEST COMMAND: the agent reported on COMMAND, ok or not.
+agent_answered() { case $(agent_state "$1") in "$2 "*) return 0 ;; esac; return 1; }
+agent_ok() { [ "$(agent_state "$1")" = "$2 ok" ] || { echo "state of $1: '$(agent_state "$1")'"; return 1; }; }
+# alive NAME: exists and is not shut down, crashed or dying.
+alive() { guest_alive "$1" || { echo "$1: '$(guest_state "$1")'"; return 1; }; }
+# no_crash_logged DOMID...: Xen logged no "ENOMEM and no helper", and no
+# triple fault or crash of these domains.
+no_crash_logged() {
+    local id found=0
+    xl dmesg | grep 'ENOMEM and no helper' && found=1
+    for id in "$@"; do
+        xl dmesg | grep -E "d${id}v[0-9]+ Triple fault|Domain ${id} \(vcpu#[0-9]+\) crashed" && found=1
+    done
+    return "$found"
+}
+
+if [ "$LAB_XEN" = stock ]; then
+    # No sharing, hence no copy-on-write breaks: only the report.
+    check "circ share status runs" status stock
+    check_json "status reports sharing unsupported" "$LAB_OUT/stock.json" '.host.sharing_supported == false'
+    exit 0
+fi
+
+GUEST_READY=agent_filled GUEST_BOOT_SECS=240 \
+    check "ms-a, ms-b, ms-c (PVH) boot and fill their buffers" start_guests pvh ms-a ms-b ms-c || exit 1
+for g in ms-a ms-b ms-c; do
+    check "circ share enable $g" circ share enable "$g"
+done
+domids="$(domid ms-a) $(domid ms-b) $(domid ms-c)"
+
+dom0_mib() { xl list 0 | awk 'NR == 2 { print $3 }'; }
+dom0_start=$(dom0_mib)
+info "memshare-enomem: start" "$(jq -cn --argjson free "$(free_mib)" --argjson dom0 "$dom0_start" \
+    '{free_mib: $free, dom0_mib: $dom0}')"
+
+daemon=
+# start_daemon FLAGS...: (re)start circ-memshare.
+start_daemon() {
+    circ-memshare --interval 2 --no-stability-wait --cpu-budget 1 --status-file "$STATUS_FILE" \
+        "$@" >>"$LAB_OUT/daemon.log" 2>>"$LAB_OUT/daemon.err" &
+    daemon=$!
+}
+# daemon_json FILTER: the running daemon's status holds FILTER.
+daemon_json() {
+    status now &&
+        jq -e --argjson pid "$daemon" ".daemon.pid == \$pid and ($1)" "$LAB_OUT/now.json" >/dev/null
+}
+all_shared() {
+    daemon_json '[.domains[] | select(.name | startswith("ms-")) | .shr_pages >= 8192] == [true, true, true]
+                 and (.daemon.enomem.rings | length) == 3'
+}
+
+# Phase 1: nothing to balloon (floor = dom0's memory).
+start_daemon --dom0-min-mib "$dom0_start"
+check "daemon shares the buffers and holds a sharing ring per guest" wait_for 400 all_shared
+check "status after sharing" status shared
+info "memshare-enomem: shared" "$(jq -c '{host, enomem: .daemon.enomem}' "$LAB_OUT/shared.json")"
+
+# fill_memory NAME: a paused PV guest that takes all of Xen's free memory
+# but a few MiB (less than one guest's 16 MiB of copy-on-write breaks).
+fill_memory() {
+    local free cfg slack
+    for slack in 4 8 16; do
+        free=$(free_mib)
+        cfg=$(guest_config "$1" pv $((free - slack)))
+        if xl create -p "$cfg" >>"$LAB_OUT/xl.log" 2>&1; then
+            echo "$1: $((free - slack)) MiB; Xen has $(free_mib) MiB free"
+            [ "$(free_mib)" -lt 12 ]
+            return
+        fi
+        xl destroy "$1" >/dev/null 2>&1
+    done
+    return 1
+}
+# watch_guest NAME FILE: sample what the operator sees while waiting.
+watch_guest() {
+    {
+        date +%T
+        xl list "$1" | tail -n 1
+        xl vcpu-list "$1" | tail -n +2
+        jq -c '.daemon.enomem | {paused_now, events, vcpus_resumed, dom0_ballooned_kib, at_dom0_floor}' \
+            "$LAB_OUT/now.json" 2>/dev/null
+    } >>"$2"
+}
+
+check "hog-1 takes Xen's free memory" fill_memory hog-1 || exit 1
+t_write=$(now_ms)
+check "ms-a starts overwriting half its shared buffer" agent_command ms-a write
+paused() { daemon_json ".daemon.enomem.paused | any(.domid == $(domid "$1"))"; }
+check "ms-a's vCPU is paused for memory (a sharing ring request)" wait_for 120 paused ms-a
+timing "memshare-enomem: write to vCPU paused" $(($(now_ms) - t_write))
+for _ in 1 2 3 4 5 6; do
+    watch_guest ms-a "$LAB_OUT/phase1-ms-a.txt"
+    sleep 1
+done
+info "memshare-enomem: ms-a while paused (xl list, xl vcpu-list, status)" \
+    "$(jq -Rsc . "$LAB_OUT/phase1-ms-a.txt")"
+check "ms-a is alive (not crashed) while paused" alive ms-a
+still_writing() { ! agent_answered ms-a write || { echo "state: $(agent_state ms-a)"; return 1; }; }
+check "ms-a has not finished its write while paused" still_writing
+at_floor() { daemon_json '.daemon.enomem.at_dom0_floor and .daemon.enomem.paused_now >= 1'; }
+check "status: paused, dom0 at its floor" wait_for 30 at_floor
+check "status (text) shows the paused vCPUs" sh -c \
+    "circ share status --status-file $STATUS_FILE | tee $LAB_OUT/paused.txt | grep -q 'paused now'"
+check "the daemon logged what the operator must do" \
+    grep -q "out of memory: vCPUs stay paused.*xl destroy" "$LAB_OUT/daemon.err"
+check "dom0 was not ballooned below its floor" test "$(dom0_mib)" -ge $((dom0_start - 1))
+
+t_free=$(now_ms)
+check "operator frees memory: xl destroy hog-1" xl destroy hog-1
+check "ms-a resumes by itself and its write completes" wait_for 180 agent_answered ms-a write
+timing "memshare-enomem: memory freed to write done" $(($(now_ms) - t_free))
+check "ms-a verified its whole buffer after the write" agent_ok ms-a write
+resumed() { daemon_json '.daemon.enomem.vcpus_resumed >= 1 and .daemon.enomem.paused_now == 0'; }
+check "status: vCPU resumed, none paused" wait_for 30 resumed
+check "status after phase 1" status phase1
+info "memshare-enomem: phase 1" "$(jq -c '.daemon.enomem' "$LAB_OUT/phase1.json")"
+for g in ms-a ms-b ms-c; do
+    check "$g alive" alive "$g"
+done
+
+# Phase 2: the default floor, so the daemon balloons dom0.
+check "daemon stops" kill "$daemon"
+wait "$daemon" 2>/dev/null
+start_daemon
+rings_back() { daemon_json '(.daemon.enomem.rings | length) == 3'; }
+check "restarted daemon takes over the rings left enabled" wait_for 120 rings_back
+check "hog-2 takes Xen's free memory" fill_memory hog-2 || exit 1
+t_write=$(now_ms)
+check "ms-b starts overwriting half its shared buffer" agent_command ms-b write
+: >"$LAB_OUT/phase2-ms-b.txt"
+done_or_watch() {
+    watch_guest ms-b "$LAB_OUT/phase2-ms-b.txt"
+    agent_answered ms-b write
+}
+check "ms-b's write completes (paused, dom0 ballooned, resumed)" wait_for 180 done_or_watch
+timing "memshare-enomem: write with ballooning" $(($(now_ms) - t_write))
+info "memshare-enomem: ms-b during its write (xl list, xl vcpu-list, status)" \
+    "$(jq -Rsc . "$LAB_OUT/phase2-ms-b.txt")"
+check "ms-b verified its whole buffer after the write" agent_ok ms-b write
+ballooned() {
+    daemon_json '.daemon.enomem.events >= 1 and .daemon.enomem.vcpus_resumed >= 1
+                 and .daemon.enomem.paused_now == 0 and .daemon.enomem.dom0_ballooned_kib >= 65536'
+}
+check "status: ENOMEM seen, dom0 ballooned >= 64 MiB, vCPU resumed" wait_for 30 ballooned
+check "status after phase 2" status phase2
+info "memshare-enomem: phase 2" "$(jq -c '.daemon.enomem' "$LAB_OUT/phase2.json")"
+dom0_end=$(dom0_mib)
+info "memshare-enomem: dom0 memory" "$(jq -cn --argjson a "$dom0_start" --argjson b "$dom0_end" \
+    '{dom0_mib_start: $a, dom0_mib_end: $b}')"
+check "dom0 gave memory back ($dom0_start -> $dom0_end MiB)" test "$dom0_end" -le $((dom0_start - 32))
+check "the daemon logged the ballooning" grep -q "ballooning dom0 down" "$LAB_OUT/daemon.err"
+
+check "xl destroy hog-2" xl destroy hog-2
+for g in ms-a ms-b ms-c; do
+    agent_command "$g" verify-2
+    check "$g verifies its buffer again" wait_for 90 agent_answered "$g" verify-2
+    check "$g: verify-2 ok" agent_ok "$g" verify-2
+    check "$g still alive" alive "$g"
+done
+# shellcheck disable=SC2086 # one word per domid
+check "Xen logged no crash of the guests (and no 'ENOMEM and no helper')" no_crash_logged $domids
+check "the daemon reported no fatal error" sh -c "! grep -q '^circ-memshare:' $LAB_OUT/daemon.err"
+check "daemon still running" kill -0 "$daemon"
+kill "$daemon"
+wait "$daemon" 2>/dev/null
+xl destroy ms-a
+xl destroy ms-b
+xl destroy ms-c
