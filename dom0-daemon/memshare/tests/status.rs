@@ -36,15 +36,18 @@ fn host() -> (FakeHypervisor, FakeXenStore) {
     (hv, xs)
 }
 
-#[test]
-fn once_shares_writes_the_status_file_and_prometheus() {
-    let (hv, xs) = host();
-    let dir = tempfile::tempdir().unwrap();
-    let status_file = dir.path().join("run/memshare.json");
-    let prom = dir.path().join("memshare.prom");
-    let args = Args::parse_from([
-        "x",
-        "--once",
+/// Runs the daemon with `extra` flags, JSON output, a status file and a
+/// metrics file, and no rate limit; returns what it printed.
+fn run_unthrottled(
+    hv: &FakeHypervisor,
+    xs: &FakeXenStore,
+    extra: &[&str],
+    status_file: &std::path::Path,
+    prom: &std::path::Path,
+) -> Vec<u8> {
+    let mut argv = vec!["x"];
+    argv.extend_from_slice(extra);
+    argv.extend([
         "--json",
         "--status-file",
         status_file.to_str().unwrap(),
@@ -55,8 +58,19 @@ fn once_shares_writes_the_status_file_and_prometheus() {
         "--cpu-budget",
         "1",
     ]);
+    let args = Args::parse_from(argv);
     let mut out = Vec::new();
-    run(&hv, &hv.foreign_memory(), &xs, &args.scan, &mut out).unwrap();
+    run(hv, &hv.foreign_memory(), xs, &args.scan, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn once_shares_writes_the_status_file_and_prometheus() {
+    let (hv, xs) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("run/memshare.json");
+    let prom = dir.path().join("memshare.prom");
+    let out = run_unthrottled(&hv, &xs, &["--once"], &status_file, &prom);
 
     let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(line["round"], 1);
@@ -163,24 +177,13 @@ fn status_counts_pages_scanned_over_rounds_and_the_daemons_cpu_time() {
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("s.json");
     let prom = dir.path().join("m.prom");
-    let args = Args::parse_from([
-        "x",
-        "--rounds",
-        "3",
-        "--interval",
-        "0",
-        "--json",
-        "--status-file",
-        status_file.to_str().unwrap(),
-        "--prometheus",
-        prom.to_str().unwrap(),
-        "--pages-per-sec",
-        "0",
-        "--cpu-budget",
-        "1",
-    ]);
-    let mut out = Vec::new();
-    run(&hv, &hv.foreign_memory(), &xs, &args.scan, &mut out).unwrap();
+    run_unthrottled(
+        &hv,
+        &xs,
+        &["--rounds", "3", "--interval", "0"],
+        &status_file,
+        &prom,
+    );
 
     // g1 and g2, 16 pages each, three rounds.
     let daemon = DaemonStatus::read(&status_file).unwrap();
