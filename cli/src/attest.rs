@@ -2,9 +2,9 @@
 //! needs no TPM and runs anywhere), and building a reference policy.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use circ_cli_support::Exit;
 use circ_measured_boot::akpub::AkPublic;
 use circ_measured_boot::eventlog;
 use circ_measured_boot::policy::Policy;
@@ -77,7 +77,7 @@ pub enum AttestCommand {
     },
 }
 
-pub fn run(cmd: AttestCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: AttestCommand) -> anyhow::Result<Exit> {
     match cmd {
         AttestCommand::Ak { tpm, out, new } => {
             let blob_path = tpm.state_dir()?.join(AK_BLOB);
@@ -143,15 +143,10 @@ pub fn run(cmd: AttestCommand) -> anyhow::Result<ExitCode> {
             write_new(&out, policy.to_toml()?.as_bytes())?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-fn verify_cmd(
-    file: &Path,
-    ak: &Path,
-    nonce: &str,
-    policy: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
+fn verify_cmd(file: &Path, ak: &Path, nonce: &str, policy: Option<&Path>) -> anyhow::Result<Exit> {
     let nonce = parse_nonce(nonce)?;
     let pem = std::fs::read_to_string(ak).with_context(|| format!("reading {}", ak.display()))?;
     let ak = AkPublic::from_pem(&pem)?;
@@ -191,11 +186,11 @@ fn verify_cmd(
     match outcome.result {
         Ok(()) => {
             println!("verified: {} event(s)", outcome.events.len());
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
         Err(failure) => {
             println!("FAILED: {:#}", anyhow::Error::from(failure));
-            Ok(ExitCode::FAILURE)
+            Ok(Exit::Refused)
         }
     }
 }

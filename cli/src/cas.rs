@@ -6,7 +6,6 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,10 +20,8 @@ use circ_cas::pack::{self, PackOptions};
 use circ_cas::serve::Server;
 use circ_cas::stats;
 use circ_cas::store::DirStore;
+use circ_cli_support::Exit;
 use clap::{Args, Subcommand};
-
-/// Exit code of `verify` when some chunk has no good copy anywhere.
-const EXIT_BAD_CHUNKS: u8 = 3;
 
 #[derive(Debug, Subcommand)]
 pub enum CasCommand {
@@ -169,7 +166,7 @@ pub struct SourceArgs {
     config: Option<PathBuf>,
 }
 
-pub fn run(cmd: CasCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: CasCommand) -> anyhow::Result<Exit> {
     match cmd {
         CasCommand::Keygen { out } => keygen(out),
         CasCommand::Pack {
@@ -269,7 +266,7 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn keygen(out: PathBuf) -> anyhow::Result<ExitCode> {
+fn keygen(out: PathBuf) -> anyhow::Result<Exit> {
     let key = SecretKey::generate()?;
     let public = key.write_pair(&out)?;
     println!(
@@ -278,7 +275,7 @@ fn keygen(out: PathBuf) -> anyhow::Result<ExitCode> {
         public.display(),
         keys::fingerprint(&key.public())
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 fn pack_cmd(
@@ -287,7 +284,7 @@ fn pack_cmd(
     key: PathBuf,
     opts: &PackOptions,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let key = SecretKey::read(&key)?;
     let size = std::fs::metadata(&image)
         .with_context(|| format!("cannot read image {}", image.display()))?
@@ -336,10 +333,10 @@ fn pack_cmd(
             mb_per_s
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-fn serve(store: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+fn serve(store: PathBuf, listen: SocketAddr) -> anyhow::Result<Exit> {
     let server = Server::bind(&store, listen)
         .with_context(|| format!("cannot serve {} on {listen}", store.display()))?;
     let addr = server.local_addr()?;
@@ -347,7 +344,7 @@ fn serve(store: PathBuf, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     println!("serving {} on http://{addr}/", store.display());
     std::io::stdout().flush()?;
     server.run()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
@@ -392,7 +389,7 @@ fn nbd(
     listen: Option<SocketAddr>,
     overlay: Option<PathBuf>,
     boot_options: BootOptions,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let (disk, boot) = nbd::open_disk(&open_options(source)?, overlay.as_deref())?;
     let index = disk.reader().index();
     let (name, generation, size) = (index.name.clone(), index.generation, index.image_size);
@@ -424,7 +421,7 @@ fn nbd(
     );
     std::io::stdout().flush()?;
     server.run()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Fetches a boot prefetch list's chunks ahead of the guest, two at a time.
@@ -483,7 +480,7 @@ fn commit(
     out: Option<&std::path::Path>,
     durable: bool,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let key = SecretKey::read(key)?;
     let overlay = Overlay::open(overlay)?;
     let base = client::open(opts)?;
@@ -526,18 +523,18 @@ fn commit(
             report.elapsed.as_secs_f64()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-fn cat(source: SourceArgs) -> anyhow::Result<ExitCode> {
+fn cat(source: SourceArgs) -> anyhow::Result<Exit> {
     let image = client::open(&open_options(&source)?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     image.reader.write_all_to(&mut out, source.parallel)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
-fn verify(source: SourceArgs, json: bool) -> anyhow::Result<ExitCode> {
+fn verify(source: SourceArgs, json: bool) -> anyhow::Result<Exit> {
     let mut opts = open_options(&source)?;
     // Verification asks the network, not the cache, and changes no state.
     opts.cache_dir = None;
@@ -603,9 +600,9 @@ fn verify(source: SourceArgs, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if bad.is_empty() {
-        ExitCode::SUCCESS
+        Exit::Success
     } else {
-        ExitCode::from(EXIT_BAD_CHUNKS)
+        Exit::Refused
     })
 }
 
@@ -614,14 +611,14 @@ fn stats_cmd(
     sizes: &[ChunkSize],
     compression: Compression,
     json: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let mut rows = Vec::with_capacity(sizes.len());
     for &size in sizes {
         rows.push(stats::dedup_stats(images, size, compression)?);
     }
     if json {
         println!("{}", serde_json::to_string(&rows)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     println!(
         "{:>8} {:>14} {:>10} {:>10} {:>10} {:>14} {:>14} {:>7} {:>7}",
@@ -641,5 +638,5 @@ fn stats_cmd(
             row.total_ratio
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

@@ -6,21 +6,21 @@
 
 mod attest;
 mod cas;
-mod lab;
 mod measure;
 mod share;
 mod tpm;
 mod xen;
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
+use circ_cli_support::{init_logging, Exit};
+use circ_xen::OpenError;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "circ", version, about = "Circular: a Xen toolstack extension")]
 struct Cli {
-    /// Log filter (tracing's EnvFilter syntax), e.g. `debug` or `circ_lab=trace`.
+    /// Log filter (tracing's EnvFilter syntax), e.g. `debug` or `circ_cas=trace`.
     /// (`--log` names the measurement event log of the TPM commands.)
     #[arg(
         long,
@@ -39,9 +39,6 @@ enum Command {
     /// Inspect the Xen host this dom0 runs on.
     #[command(subcommand)]
     Xen(xen::XenCommand),
-    /// Build and run the real-Xen lab (Xen + dom0 under QEMU).
-    #[command(subcommand)]
-    Lab(lab::LabCommand),
     /// Share identical guest pages copy-on-write (circ-memshare).
     #[command(subcommand)]
     Share(share::ShareCommand),
@@ -61,17 +58,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_filter))
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs in files (the lab's, CI's) stay plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    init_logging(&cli.log_filter);
 
     let result = match cli.command {
         Command::Xen(cmd) => xen::run(cmd),
-        Command::Lab(cmd) => lab::run(cmd),
         Command::Share(cmd) => share::run(cmd),
         Command::Cas(cmd) => cas::run(cmd),
         Command::Measure(cmd) => measure::run(cmd),
@@ -79,10 +69,15 @@ fn main() -> ExitCode {
         Command::Tpm(cmd) => tpm::run(cmd),
     };
     match result {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
+        // Not a dom0: one line, and a status scripts can tell from "failed".
+        Err(err) if matches!(err.downcast_ref(), Some(OpenError::NotDom0(_))) => {
+            eprintln!("circ: {err}");
+            Exit::CannotRun.into()
+        }
         Err(err) => {
             eprintln!("circ: {err:#}");
-            ExitCode::FAILURE
+            Exit::Failure.into()
         }
     }
 }

@@ -6,9 +6,9 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use circ_cli_support::Exit;
 use circ_measured_boot::pcr::{DOMAIN_PCR, FILE_PCR};
 use circ_measured_boot::replay::Replay;
 use circ_measured_boot::{
@@ -60,7 +60,7 @@ pub enum MeasureCommand {
     },
 }
 
-pub fn run(cmd: MeasureCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: MeasureCommand) -> anyhow::Result<Exit> {
     match cmd {
         MeasureCommand::File {
             tpm,
@@ -112,7 +112,7 @@ pub fn run(cmd: MeasureCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Hashes a file, recording its canonical path (what a policy names).

@@ -3,17 +3,14 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use circ_cli_support::Exit;
 use circ_memshare::policy::{self, domain_name, Policy, POLICY_ROOT};
 use circ_memshare::status::DEFAULT_STATUS_FILE;
 use circ_memshare::{DaemonStatus, ScanArgs, ShareStatus};
-use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
+use circ_xen::{XenHypervisor, XenStoreHandle};
 use clap::Subcommand;
 use serde::Serialize;
-
-/// Exit code when not running in a Xen dom0 (as `circ xen`).
-const EXIT_NOT_DOM0: u8 = 2;
 
 #[derive(Debug, Subcommand)]
 pub enum ShareCommand {
@@ -39,18 +36,7 @@ pub enum ShareCommand {
     },
 }
 
-pub fn run(cmd: ShareCommand) -> anyhow::Result<ExitCode> {
-    match dispatch(cmd) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
-            eprintln!("circ: {e}");
-            Ok(ExitCode::from(EXIT_NOT_DOM0))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn dispatch(cmd: ShareCommand) -> anyhow::Result<()> {
+pub fn run(cmd: ShareCommand) -> anyhow::Result<Exit> {
     let hv = XenHypervisor::open()?;
     let xs = XenStoreHandle::open()?;
     let mut out = std::io::stdout().lock();
@@ -103,5 +89,5 @@ fn dispatch(cmd: ShareCommand) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(Exit::Success)
 }

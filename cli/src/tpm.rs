@@ -8,9 +8,9 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context as _;
+use circ_cli_support::Exit;
 use circ_measured_boot::{PcrIndex, PcrSet};
 use circ_tpm::{EsapiTpm, SealedBlob, Secret, Tpm as _};
 use clap::{Args, Subcommand};
@@ -152,9 +152,6 @@ pub enum TpmCommand {
     },
 }
 
-/// Exit status of `unseal` when the PCR policy refuses.
-const EXIT_POLICY: u8 = 3;
-
 pub fn parse_pcrs(s: &str) -> Result<PcrSet, String> {
     s.parse()
 }
@@ -163,7 +160,7 @@ pub fn parse_pcr(s: &str) -> Result<PcrIndex, String> {
     s.parse()
 }
 
-pub fn run(cmd: TpmCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: TpmCommand) -> anyhow::Result<Exit> {
     match cmd {
         TpmCommand::Seal {
             tpm,
@@ -185,7 +182,7 @@ pub fn run(cmd: TpmCommand) -> anyhow::Result<ExitCode> {
             let secret = match tpm.open()?.unseal(&blob) {
                 Err(circ_tpm::TpmError::PcrPolicy) => {
                     eprintln!("circ: {}", circ_tpm::TpmError::PcrPolicy);
-                    return Ok(ExitCode::from(EXIT_POLICY));
+                    return Ok(Exit::Refused);
                 }
                 r => r?,
             };
@@ -204,7 +201,7 @@ pub fn run(cmd: TpmCommand) -> anyhow::Result<ExitCode> {
             println!("flushed {n} transient object(s)");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Writes a file atomically (temporary file, fsync, rename), so a crash never

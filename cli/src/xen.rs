@@ -3,17 +3,13 @@
 //! Thin by design: the data gathering and formatting live in `circ-hv`
 //! (`HostReport`) and `circ-xen` (handles, dom0 detection).
 
-use std::io::Write as _;
-use std::process::ExitCode;
-
 use anyhow::Context as _;
+use circ_cli_support::Exit;
 use circ_hv::report::HostReport;
 use circ_hv::{DomId, Hypervisor as _, Transaction, XenStore as _};
-use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
+use circ_xen::{XenHypervisor, XenStoreHandle};
 use clap::Subcommand;
-
-/// Exit code when not running in a Xen dom0.
-const EXIT_NOT_DOM0: u8 = 2;
+use std::io::Write as _;
 
 #[derive(Debug, Subcommand)]
 pub enum XenCommand {
@@ -67,22 +63,14 @@ pub enum StoreCommand {
     },
 }
 
-pub fn run(cmd: XenCommand) -> anyhow::Result<ExitCode> {
-    let result = match cmd {
+pub fn run(cmd: XenCommand) -> anyhow::Result<Exit> {
+    match cmd {
         XenCommand::Info { json } => info(json),
         XenCommand::Store(cmd) => store(cmd),
         XenCommand::Vcpu { domid, vcpu, json } => vcpu_registers(DomId(domid), vcpu, json),
         XenCommand::Memory { domid, json } => memory(DomId(domid), json),
-    };
-    match result {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        // One line, its own exit code: scripts tell "wrong place" from "failed".
-        Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
-            eprintln!("circ: {e}");
-            Ok(ExitCode::from(EXIT_NOT_DOM0))
-        }
-        Err(e) => Err(e),
-    }
+    }?;
+    Ok(Exit::Success)
 }
 
 fn info(json: bool) -> anyhow::Result<()> {

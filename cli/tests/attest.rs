@@ -99,7 +99,7 @@ fn measure_quote_verify_with_policy() {
 
     // Wrong nonce: exit 1, cause named.
     let out = env.circ(&["attest", "verify", &quote, "--ak", &ak, "--nonce", "01"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "a refused quote");
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrong nonce"));
 
     // A policy built from another kernel names the file.
@@ -115,7 +115,7 @@ fn measure_quote_verify_with_policy() {
     let out = env.circ(&[
         "attest", "verify", &quote, "--ak", &ak, "--nonce", "00c0ffee", "--policy", &policy,
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "a refused quote");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let canonical = std::fs::canonicalize(&kernel).expect("kernel path");
     assert!(

@@ -7,7 +7,7 @@
 # `scripts/bench memshare`; method and results: docs/memshare.md,
 # "Benchmark".
 #
-#   Xen: `circ lab run memshare --xen patched` (two 128 MiB PVH guests
+#   Xen: `circ-lab run memshare --xen patched` (two 128 MiB PVH guests
 #        shared by the daemon, under nested TCG); read from its run
 #        directory (out/before.json, out/shared.json, out/freed-samples.txt).
 #   KSM: two QEMU TCG processes on the host booting the same kernel and
@@ -134,9 +134,9 @@ if [[ -z $lab_run ]]; then
     runs=${CIRC_LAB_RUNS:-$repo/lab-runs}
     started=$(date +%s)
     machine
-    say "Xen: circ lab run memshare --xen patched (15 minutes at most)"
+    say "Xen: circ-lab run memshare --xen patched (15 minutes at most)"
     lab_rc=0
-    (cd "$repo" && timeout 1500 "$circ" lab run memshare --xen patched) >"$work/lab.log" 2>&1 || lab_rc=$?
+    (cd "$repo" && timeout 1500 "$(dirname "$circ")/circ-lab" run memshare --xen patched) >"$work/lab.log" 2>&1 || lab_rc=$?
     ((lab_rc == 0)) || say "the lab run failed (exit $lab_rc): reading what it recorded"
     for dir in "$runs"/*-memshare-patched; do
         stamp=$(basename "$dir")

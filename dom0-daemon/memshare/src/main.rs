@@ -2,15 +2,12 @@
 //! this parses flags, opens the Xen handles and calls [`circ_memshare::run`].
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use circ_cli_support::{init_logging, Exit};
 use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
 use clap::Parser;
-
-/// Exit code when not running in a Xen dom0 (as `circ xen`).
-const EXIT_NOT_DOM0: u8 = 2;
 
 /// Share identical pages of opted-in HVM/PVH guests (see `circ share`).
 #[derive(Debug, Parser)]
@@ -25,22 +22,16 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_filter))
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: the daemon's log usually goes to a file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    init_logging(&cli.log_filter);
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
             eprintln!("circ-memshare: {e}");
-            ExitCode::from(EXIT_NOT_DOM0)
+            Exit::CannotRun.into()
         }
         Err(e) => {
             eprintln!("circ-memshare: {e:#}");
-            ExitCode::FAILURE
+            Exit::Failure.into()
         }
     }
 }

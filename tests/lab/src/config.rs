@@ -1,5 +1,6 @@
 //! The lab's inputs, read from `tests/lab/lab.toml`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -50,6 +51,9 @@ pub struct LabConfig {
     pub debian: DebianConfig,
     pub machine: MachineConfig,
     pub run: RunConfig,
+    /// Named lists of scenarios, each entry `SCENARIO:HYPERVISORS` (stock,
+    /// patched or both): `circ-lab suite NAME` runs one.
+    pub suites: BTreeMap<String, Vec<String>>,
     /// The project checkout (holds tests/lab and xen-patches).
     #[serde(skip)]
     pub root: PathBuf,

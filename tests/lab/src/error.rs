@@ -39,8 +39,20 @@ pub enum LabError {
     PackageNotFound { package: String, suite: String },
     #[error("{what} not found in {path}")]
     MissingArtifact { what: String, path: PathBuf },
+    #[error("{path}: {why}")]
+    BadBinary { path: PathBuf, why: String },
     #[error("unknown scenario `{name}`: no {path}")]
     UnknownScenario { name: String, path: PathBuf },
+    #[error("unknown suite `{name}` (lab.toml has: {known})")]
+    UnknownSuite { name: String, known: String },
+    #[error("suite `{suite}` of lab.toml: {why}")]
+    BadSuite { suite: String, why: String },
+    #[error("suite `{suite}` has no scenario named {names} (it has: {known})")]
+    NotInSuite {
+        suite: String,
+        names: String,
+        known: String,
+    },
     #[error("scenario `{scenario}` failed: {reason}")]
     ScenarioFailed { scenario: String, reason: String },
 }

@@ -11,25 +11,22 @@
 
 mod apt;
 mod artifacts;
+mod binaries;
 mod cache;
 mod command;
 mod config;
 mod error;
 mod events;
 mod run;
+mod suite;
 
 pub use artifacts::{build, Artifacts, XenFlavor};
+pub use binaries::{binaries_under_test, elf_interpreter, DOM0_BINARIES, GUEST_BINARIES};
 pub use config::LabConfig;
 pub use error::LabError;
 pub use events::{Event, Report};
 pub use run::{console_tail, run, scenario_script, RunOptions};
-
-/// Daemon binaries that, when built beside `circ`, are copied into dom0 too.
-pub const DAEMONS: &[&str] = &["circ-memshare"];
-
-/// Binaries that, when built beside `circ`, go into the test guests' initrd
-/// (`/bin`) instead; the guest init starts `circ-guest-agent` if present.
-pub const GUEST_BINARIES: &[&str] = &["circ-guest-agent"];
+pub use suite::{Suite, SuiteEntry, XenChoice};
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, LabError>;
