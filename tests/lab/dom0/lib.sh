@@ -1,10 +1,13 @@
 # shellcheck shell=bash
 # Shell library for lab scenarios running in dom0 (sourced, bash).
 #
-# Scenarios report through events, one JSON object per console line behind
-# the `@@circ-lab ` marker (see tests/lab/src/events.rs): checks, timings and
-# values. The host decides pass or fail from them.
-
+# Scenarios report through events: one JSON object per line behind the
+# `@@circ-lab ` marker (see tests/lab/src/events.rs): checks, timings and
+# values. The host decides pass or fail from them. In dom0 every event goes
+# to the lab's event channel, a virtio-serial port that only dom0 writes
+# (LAB_EVENTS, set up by the lab's init): the verdict is read from there.
+# A copy goes to the console for people reading serial.log, where Xen's
+# own output can cut into it, and to $LAB_OUT/events.jsonl.
 #
 # The host half of a scenario (NAME.host.sh, run by the lab after the machine
 # is down, with LAB_HOST=1) sources this library too: there events go to
@@ -12,11 +15,34 @@
 
 LAB_OUT=${LAB_OUT:-/lab/out}
 
-# lab_event JSON: prints one event on the console and keeps a copy.
+# The name QEMU gives the event channel's port (tests/lab/src/run.rs).
+LAB_EVENT_PORT=org.circular.lab.events
+
+# lab_event_device: the event channel's device node, from sysfs (dom0 has
+# no udev), waiting up to 10 s for the port to appear.
+lab_event_device() {
+    local port _
+    for _ in $(seq 100); do
+        for port in /sys/class/virtio-ports/*; do
+            if [ "$(cat "$port/name" 2>/dev/null)" = "$LAB_EVENT_PORT" ] && [ -c "/dev/${port##*/}" ]; then
+                echo "/dev/${port##*/}"
+                return 0
+            fi
+        done
+        sleep 0.1
+    done
+    return 1
+}
+
+# lab_event JSON: reports one event. In dom0 the lab's init opened the
+# event channel once, as file descriptor 9, which every process of the
+# scenario inherits: a virtio port can be open only once at a time, and one
+# write per line keeps the lines of concurrent writers whole.
 lab_event() {
     if [ -n "${LAB_HOST:-}" ]; then
         printf '@@circ-lab %s\n' "$1"
     else
+        [ -n "${LAB_EVENTS:-}" ] && printf '@@circ-lab %s\n' "$1" >&9
         printf '@@circ-lab %s\n' "$1" >/dev/console
     fi
     printf '%s\n' "$1" >>"$LAB_OUT/events.jsonl"

@@ -9,6 +9,7 @@ info_json() { circ xen info --json >"$LAB_OUT/$1.json"; }
 # domain_field FILE NAME FIELD: a field of the named domain in `circ xen info --json`.
 domain_field() { jq -r --arg n "$2" ".domains[] | select(.name == \$n) | .$3" "$LAB_OUT/$1.json"; }
 
+check "events travel on the lab's event channel (virtio-serial)" test -c "${LAB_EVENTS:-/nonexistent}"
 check "circ xen info --json runs in dom0" info_json info-dom0
 check_json "Domain-0 is listed as domain 0" "$LAB_OUT/info-dom0.json" \
     '.domains[] | select(.domid == 0 and .name == "Domain-0")'

@@ -1,9 +1,14 @@
-//! Structured results a scenario prints on the serial console.
+//! Structured results a scenario reports.
 //!
-//! Inside dom0 the scenario library (`tests/lab/dom0/lib.sh`) prints one line
-//! per event: `@@circ-lab {json}`. The serial console also carries Xen's and
-//! the kernel's messages, so the marker may appear anywhere in a line and
-//! anything that does not parse is ignored.
+//! Inside dom0 the scenario library (`tests/lab/dom0/lib.sh`) writes one line
+//! per event, `@@circ-lab {json}`, to two places: the lab's event channel (a
+//! virtio-serial port that only dom0 writes), which the verdict is read
+//! from, and the serial console, for people. The console also carries Xen's
+//! and the kernel's messages, which can cut into a line there, so on the
+//! console the marker may appear anywhere in a line and a line that does not
+//! parse is only counted. [`reconcile`] then holds the two against each
+//! other: a run whose console showed an event the channel did not carry, or
+//! whose channel carried a line that is not an event, fails.
 
 use std::fmt::Write as _;
 
@@ -44,6 +49,48 @@ impl Event {
         let (_, json) = line.split_once(MARKER)?;
         serde_json::from_str(json.trim()).ok()
     }
+}
+
+/// Holds what the event channel carried against what the console showed.
+///
+/// Every event the console showed whole must be one the channel carried (as
+/// many times; the order may differ, since concurrent writers reach the two
+/// in different orders), and every line of the channel must be an event. The
+/// channel may hold more than the console: lines Xen's output cut there.
+pub fn reconcile(
+    channel: &[Event],
+    console: &[Event],
+    bad_channel_lines: &[String],
+) -> Result<(), String> {
+    if let Some(line) = bad_channel_lines.first() {
+        return Err(format!(
+            "the event channel carried {} line(s) that are not events, first: {:?}",
+            bad_channel_lines.len(),
+            line.chars().take(200).collect::<String>()
+        ));
+    }
+    if channel.is_empty() && !console.is_empty() {
+        return Err(format!(
+            "the event channel carried nothing while the console showed {} event(s) \
+             (did dom0 find the virtio port? see dom0-dmesg.log)",
+            console.len()
+        ));
+    }
+    let mut unmatched: Vec<&Event> = channel.iter().collect();
+    for shown in console {
+        match unmatched.iter().position(|carried| *carried == shown) {
+            Some(i) => {
+                unmatched.swap_remove(i);
+            }
+            None => {
+                return Err(format!(
+                    "the console showed an event the event channel did not carry: {}",
+                    serde_json::to_string(shown).unwrap_or_default()
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a run observed, with the host time (seconds since QEMU started) each event arrived.
@@ -193,6 +240,43 @@ mod tests {
         .failure()
         .unwrap()
         .contains("no disk"));
+    }
+
+    #[test]
+    fn reconcile_accepts_a_console_that_lost_lines_in_any_order() {
+        let channel = [
+            check("a", true),
+            check("b", false),
+            Event::End { status: 0 },
+        ];
+        let console = [check("b", false), check("a", true)];
+        assert_eq!(reconcile(&channel, &console, &[]), Ok(()));
+        assert_eq!(reconcile(&channel, &[], &[]), Ok(()));
+    }
+
+    #[test]
+    fn reconcile_refuses_what_only_the_console_showed() {
+        // A FAIL the channel lost (or a passing check the console invented)
+        // must never go unnoticed.
+        let channel = [check("a", true), Event::End { status: 0 }];
+        let err = reconcile(&channel, &[check("a", false)], &[]).unwrap_err();
+        assert!(err.contains(r#""ok":false"#), "{err}");
+        // Twice on the console, once on the channel.
+        let twice = [check("a", true), check("a", true)];
+        assert!(reconcile(&channel, &twice, &[]).is_err());
+    }
+
+    #[test]
+    fn reconcile_refuses_a_broken_or_silent_channel() {
+        let err = reconcile(&[], &[check("a", true)], &[]).unwrap_err();
+        assert!(err.contains("carried nothing"), "{err}");
+        let err = reconcile(
+            &[check("a", true)],
+            &[],
+            &["@@circ-lab {\"event\":\"check\",\"na".into()],
+        )
+        .unwrap_err();
+        assert!(err.contains("not events"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::artifacts::{copy, mkdir, pack_cpio, remove_dir, write};
 use crate::command::{cmd, describe, run as run_cmd, tail};
-use crate::events::{Event, Report};
+use crate::events::{reconcile, Event, Report};
 use crate::{Artifacts, LabConfig, LabError, Result};
 
 /// Console lines after which nothing good can follow: stop at once.
@@ -20,6 +20,12 @@ const POLL: Duration = Duration::from_millis(200);
 /// ride in the payload's `xen-scripts/` and dom0's init installs them into
 /// `/etc/xen/scripts/`.
 const XEN_SCRIPTS: &[&str] = &["cas-blk/scripts/block-circ"];
+
+/// The event channel: a virtio-serial port only dom0 writes (Xen writes to
+/// the serial console too and can cut into a line there). Its name, as dom0
+/// finds it in sysfs (tests/lab/dom0/lib.sh), and the file QEMU writes it to.
+const EVENT_PORT: &str = "org.circular.lab.events";
+const EVENT_FILE: &str = "events.channel";
 
 /// Name, in the run directory, of the guest initrd the run shipped.
 const GUEST_INITRD_COPY: &str = "guest-initrd.gz";
@@ -55,12 +61,14 @@ pub fn run(
 
     let serial = run_dir.join("serial.log");
     write(&serial, b"")?;
+    let channel = run_dir.join(EVENT_FILE);
+    write(&channel, b"")?;
     let tpm = if config.machine.tpm {
         Some(start_swtpm(&run_dir)?)
     } else {
         None
     };
-    let mut qemu = qemu_command(config, artifacts, &payload, &serial);
+    let mut qemu = qemu_command(config, artifacts, &payload, &serial, &channel);
     if let Some(tpm) = &tpm {
         qemu.arg("-chardev")
             .arg(format!("socket,id=chrtpm,path={}", tpm.socket.display()))
@@ -83,7 +91,7 @@ pub fn run(
         events: Vec::new(),
     };
     let timeout = Duration::from_secs(config.run.timeout_secs);
-    let outcome = watch(KillOnDrop(child), &serial, timeout, &mut report);
+    let outcome = watch(KillOnDrop(child), &serial, &channel, timeout, &mut report);
     if let Err(reason) = outcome {
         report.events.push((0.0, Event::Fatal { reason }));
     }
@@ -247,6 +255,7 @@ fn qemu_command(
     artifacts: &Artifacts,
     payload: &Path,
     serial: &Path,
+    channel: &Path,
 ) -> Command {
     let machine = &config.machine;
     let mut qemu = Command::new("qemu-system-x86_64");
@@ -276,7 +285,15 @@ fn qemu_command(
             artifacts.rootfs.display()
         ))
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", payload.display()));
+        .arg(format!("file={},format=raw,if=virtio", payload.display()))
+        // The event channel (see EVENT_PORT).
+        .args(["-device", "virtio-serial-pci,id=labser"])
+        .arg("-chardev")
+        .arg(format!("file,id=labevents,path={}", channel.display()))
+        .args([
+            "-device",
+            &format!("virtserialport,bus=labser.0,chardev=labevents,name={EVENT_PORT}"),
+        ]);
     qemu
 }
 
@@ -292,39 +309,39 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Follows the serial console until the scenario ends and QEMU exits, the
-/// console shows a panic, or the time limit passes.
+/// Follows the event channel and the serial console until the scenario
+/// ends and QEMU exits, the console shows a panic, or the time limit passes.
+/// The verdict comes from the channel; afterwards every event the console
+/// showed must be one the channel carried (see [`reconcile`]).
 fn watch(
     mut qemu: KillOnDrop,
     serial: &Path,
+    channel: &Path,
     timeout: Duration,
     report: &mut Report,
 ) -> std::result::Result<(), String> {
     let started = Instant::now();
-    let file = File::open(serial).map_err(|e| format!("cannot read {}: {e}", serial.display()))?;
-    let mut console = BufReader::new(file);
-    let mut partial = String::new();
+    let mut console = LineFollower::open(serial)?;
+    let mut events = LineFollower::open(channel)?;
+    let mut console_events = Vec::new();
+    let mut garbled = 0usize;
+    let mut bad_lines = Vec::new();
     let mut ended_at: Option<Instant> = None;
-    loop {
-        // Read every complete line written so far.
-        loop {
-            let mut chunk = Vec::new();
-            match console.read_until(b'\n', &mut chunk) {
-                Ok(0) => break,
-                Ok(_) => partial.push_str(&String::from_utf8_lossy(&chunk)),
-                Err(e) => return Err(format!("reading the console: {e}")),
-            }
-            if !partial.ends_with('\n') {
-                break;
-            }
-            let line = std::mem::take(&mut partial);
-            let line = line.trim_end();
-            if let Some(event) = Event::parse_line(line) {
-                log_event(&event);
-                if matches!(event, Event::End { .. } | Event::Fatal { .. }) {
-                    ended_at.get_or_insert_with(Instant::now);
+    let mut read_all = |report: &mut Report,
+                        ended_at: &mut Option<Instant>|
+     -> std::result::Result<(), String> {
+        for line in console.lines()? {
+            if line.contains(crate::events::MARKER) {
+                match Event::parse_line(&line) {
+                    Some(event) => {
+                        if matches!(event, Event::End { .. } | Event::Fatal { .. }) {
+                            ended_at.get_or_insert_with(Instant::now);
+                        }
+                        console_events.push(event);
+                    }
+                    // Cut by Xen's output: the channel has the whole line.
+                    None => garbled += 1,
                 }
-                report.events.push((started.elapsed().as_secs_f64(), event));
             } else if let Some(pattern) = FATAL_CONSOLE_PATTERNS.iter().find(|p| line.contains(**p))
             {
                 // Let the rest of the panic message reach the log first.
@@ -332,25 +349,93 @@ fn watch(
                 return Err(format!("console shows `{pattern}`"));
             }
         }
+        for line in events.lines()? {
+            match Event::parse_line(&line) {
+                Some(event) => {
+                    log_event(&event);
+                    if matches!(event, Event::End { .. } | Event::Fatal { .. }) {
+                        ended_at.get_or_insert_with(Instant::now);
+                    }
+                    report.events.push((started.elapsed().as_secs_f64(), event));
+                }
+                None => bad_lines.push(line),
+            }
+        }
+        Ok(())
+    };
+    let outcome = loop {
+        if let Err(e) = read_all(report, &mut ended_at) {
+            break Err(e);
+        }
         match qemu.0.try_wait() {
             Ok(Some(status)) if ended_at.is_some() => {
                 tracing::debug!(%status, "QEMU exited");
-                return Ok(());
+                break Ok(());
             }
             Ok(Some(status)) => {
-                return Err(format!("QEMU exited ({status}) before the scenario ended"))
+                break Err(format!("QEMU exited ({status}) before the scenario ended"))
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+            Err(e) => break Err(format!("waiting for QEMU: {e}")),
         }
         if ended_at.is_some_and(|at| at.elapsed() > SHUTDOWN_GRACE) {
             tracing::warn!("dom0 did not power the machine off after the scenario; killing QEMU");
-            return Ok(());
+            break Ok(());
         }
         if started.elapsed() > timeout {
-            return Err(format!("time limit of {} s reached", timeout.as_secs()));
+            break Err(format!("time limit of {} s reached", timeout.as_secs()));
         }
         std::thread::sleep(POLL);
+    };
+    // What was written just before QEMU stopped.
+    drop(qemu);
+    let last = read_all(report, &mut ended_at);
+    outcome?;
+    last?;
+    let carried: Vec<Event> = report.events.iter().map(|(_, e)| e.clone()).collect();
+    if garbled > 0 {
+        report.events.push((
+            started.elapsed().as_secs_f64(),
+            Event::Info {
+                name: "console event lines cut by other output (whole on the channel)".into(),
+                value: garbled.into(),
+            },
+        ));
+    }
+    reconcile(&carried, &console_events, &bad_lines)
+}
+
+/// Reads a file another process appends to, one complete line at a time.
+struct LineFollower {
+    reader: BufReader<File>,
+    partial: Vec<u8>,
+}
+
+impl LineFollower {
+    fn open(path: &Path) -> std::result::Result<Self, String> {
+        let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Ok(Self {
+            reader: BufReader::new(file),
+            partial: Vec::new(),
+        })
+    }
+
+    /// The lines completed since the last call, without their newline.
+    fn lines(&mut self) -> std::result::Result<Vec<String>, String> {
+        let mut lines = Vec::new();
+        loop {
+            match self.reader.read_until(b'\n', &mut self.partial) {
+                Ok(0) => return Ok(lines),
+                Ok(_) if self.partial.ends_with(b"\n") => {
+                    let line = String::from_utf8_lossy(&self.partial);
+                    lines.push(line.trim_end().to_owned());
+                    self.partial.clear();
+                }
+                // A line still being written: keep what came, read on later.
+                Ok(_) => return Ok(lines),
+                Err(e) => return Err(format!("reading the console: {e}")),
+            }
+        }
     }
 }
 
