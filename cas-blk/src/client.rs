@@ -1,6 +1,8 @@
 //! Opening a published image: fetch the index (from the primary location,
 //! then the mirrors, then the cache's copy if the network is gone), check
-//! its signature and generation, and stack the stores to read its chunks:
+//! its signature, that it is the image asked for (named by the location's
+//! `NAME.cidx` or given), and its generation against the anti-rollback
+//! state, and stack the stores to read its chunks:
 //!
 //! ```text
 //! VerifyingStore< CacheStore?< DirStore | HttpStore(primary + mirrors)
@@ -11,12 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
+use sha2::Digest as _;
 
 use crate::index::{IndexError, IndexV1};
 use crate::layout;
 use crate::prefetch;
 use crate::reader::ImageReader;
 use crate::rollback::{GenerationStore, RollbackError};
+
 use crate::store::{
     self, CacheStore, ChunkStore, DirStore, Fallback, FetchFailure, HttpConfig, HttpError,
     HttpStore, VerifyingStore,
@@ -27,43 +31,99 @@ pub struct OpenOptions {
     /// `http://.../indexes/NAME.cidx` or a local path to an index file.
     pub index_location: String,
     pub public_key: VerifyingKey,
-    /// Chunk cache and anti-rollback state. Without it there is no
-    /// rollback protection across runs (callers should always give one).
+    /// The image asked for; `None`: the NAME of the location's `NAME.cidx`.
+    /// An index for any other image is refused.
+    pub image: Option<String>,
+    /// Chunk cache (untrusted: every copy in it is verified again).
     pub cache_dir: Option<PathBuf>,
     pub cache_max_bytes: u64,
     /// Extra store roots (`http://host/store/`) serving the same chunks.
     pub mirrors: Vec<String>,
-    pub allow_rollback: bool,
-    /// Remember this index's generation as the highest accepted.
-    pub record_generation: bool,
+    pub rollback: Rollback,
     /// Read the cached copy of the index if no location can serve it.
     pub offline_index: bool,
     pub http: HttpConfig,
 }
 
+/// The anti-rollback gate of one open ([`crate::rollback`]).
+#[derive(Clone, Debug)]
+pub enum Rollback {
+    /// Refuse a generation below the highest recorded for the image in
+    /// the state directory, and record each accepted one. State that
+    /// cannot be used fails the open.
+    Refuse { state_dir: PathBuf },
+    /// Accept any generation and record it (an older one lowers the
+    /// record: the operator's choice sticks); unusable state is logged.
+    Allow { state_dir: PathBuf },
+    /// Neither check nor record: for a caller that names the exact base it
+    /// works on (`commit`: the overlay names its base's generation).
+    Unchecked,
+}
+
+impl Rollback {
+    /// `Allow` if `allow_rollback`, else `Refuse`, on `state_dir`.
+    pub fn gate(state_dir: PathBuf, allow_rollback: bool) -> Self {
+        if allow_rollback {
+            Self::Allow { state_dir }
+        } else {
+            Self::Refuse { state_dir }
+        }
+    }
+}
+
 impl OpenOptions {
-    pub fn new(index_location: impl Into<String>, public_key: VerifyingKey) -> Self {
+    pub fn new(
+        index_location: impl Into<String>,
+        public_key: VerifyingKey,
+        rollback: Rollback,
+    ) -> Self {
         Self {
             index_location: index_location.into(),
             public_key,
+            image: None,
             cache_dir: None,
             cache_max_bytes: 4 << 30,
             mirrors: Vec::new(),
-            allow_rollback: false,
-            record_generation: true,
+            rollback,
             offline_index: true,
             http: HttpConfig::default(),
+        }
+    }
+
+    /// The image asked for: given, or else named by the location.
+    pub fn image_name(&self) -> Result<&str, OpenError> {
+        match &self.image {
+            Some(name) => Ok(name),
+            None => {
+                layout::image_name_of(&self.index_location).ok_or_else(|| OpenError::UnknownImage {
+                    location: self.index_location.clone(),
+                })
+            }
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    #[error(
+        "cannot tell which image {location} is: its file name is not NAME.{ext} \
+         (name the image: --image, or `image` in the configuration)",
+        ext = layout::INDEX_EXT
+    )]
+    UnknownImage { location: String },
+    #[error("image name `{name}` is not valid: {reason}")]
+    BadImageName { name: String, reason: String },
     #[error("index {location}")]
     Index {
         location: String,
         #[source]
         source: IndexError,
+    },
+    #[error("index {location} is for image `{found}`, but image `{asked}` was asked for")]
+    OtherImage {
+        location: String,
+        asked: String,
+        found: String,
     },
     #[error("cannot read index {location}")]
     IndexIo {
@@ -85,6 +145,33 @@ pub enum OpenError {
     },
 }
 
+/// Why a copy of the index was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("index is for image `{found}`, but image `{asked}` was asked for")]
+    OtherImage { asked: String, found: String },
+}
+
+/// An index as fetched and verified: signed by the publisher's key and for
+/// the image asked for. Its generation is not checked here ([`open`] does).
+#[derive(Debug)]
+pub struct VerifiedIndex {
+    pub index: IndexV1,
+    /// The exact bytes verified: what a measurement or a pin hashes.
+    pub bytes: Vec<u8>,
+    /// Where it came from (a location, or the cache's copy).
+    pub source: String,
+}
+
+impl VerifiedIndex {
+    /// SHA-256 of the index file, as `circ cas pack` prints it.
+    pub fn sha256(&self) -> [u8; 32] {
+        sha2::Sha256::digest(&self.bytes).into()
+    }
+}
+
 /// An image ready to read.
 #[derive(Debug)]
 pub struct OpenedImage {
@@ -93,6 +180,8 @@ pub struct OpenedImage {
     pub http: Option<Arc<HttpStore>>,
     /// Where the index came from (a location, or the cache's copy).
     pub index_source: String,
+    /// SHA-256 of the index file served.
+    pub index_sha256: [u8; 32],
     /// The boot prefetch list found for the image, if any, and where this
     /// run's list is to be recorded.
     pub boot: BootFiles,
@@ -111,26 +200,50 @@ fn is_http(location: &str) -> bool {
     location.starts_with("http://") || location.starts_with("https://")
 }
 
+/// The HTTP layer for the location and the mirrors (none for a local
+/// index without mirrors).
+fn http_store(opts: &OpenOptions) -> Result<Option<Arc<HttpStore>>, OpenError> {
+    let mut bases: Vec<String> = Vec::new();
+    if is_http(&opts.index_location) {
+        bases.push(layout::store_root_of(&opts.index_location));
+    }
+    bases.extend(opts.mirrors.iter().cloned());
+    if bases.is_empty() {
+        return Ok(None);
+    }
+    let http = HttpStore::new(&bases, &opts.http).map_err(OpenError::Mirror)?;
+    Ok(Some(Arc::new(http)))
+}
+
+/// Fetches the index at `opts` and verifies it (signature, image asked
+/// for), without the generation check or any other state: the exact bytes
+/// [`open`] would serve, for a caller that measures or pins them.
+pub fn fetch_verified_index(opts: &OpenOptions) -> Result<VerifiedIndex, OpenError> {
+    let http = http_store(opts)?;
+    fetch_index(opts, http.as_deref())
+}
+
+/// Opens the image at `opts`: the index fetched and verified, its
+/// generation accepted by the anti-rollback gate, the stores stacked.
 pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
     let location = opts.index_location.as_str();
-    let (root, rel) = layout::split_index_location(location);
-    let mut http_bases: Vec<String> = Vec::new();
-    if is_http(location) {
-        http_bases.push(root.clone());
-    }
-    http_bases.extend(opts.mirrors.iter().cloned());
-    let http = if http_bases.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            HttpStore::new(&http_bases, &opts.http).map_err(OpenError::Mirror)?,
-        ))
-    };
-
-    let (index, index_bytes, index_source) = fetch_index(opts, &rel, http.as_deref())?;
-    let rollback = opts.cache_dir.as_deref().map(GenerationStore::new);
-    if let Some(rollback) = &rollback {
-        rollback.check(&index.name, index.generation, opts.allow_rollback)?;
+    let root = layout::store_root_of(location);
+    let http = http_store(opts)?;
+    let verified = fetch_index(opts, http.as_deref())?;
+    let index_sha256 = verified.sha256();
+    let VerifiedIndex {
+        index,
+        bytes: index_bytes,
+        source: index_source,
+    } = verified;
+    match &opts.rollback {
+        Rollback::Refuse { state_dir } => {
+            GenerationStore::new(state_dir).accept(&index.name, index.generation, false)?;
+        }
+        Rollback::Allow { state_dir } => {
+            GenerationStore::new(state_dir).accept(&index.name, index.generation, true)?;
+        }
+        Rollback::Unchecked => {}
     }
     if let Some(cache_dir) = &opts.cache_dir {
         // Keep the accepted index for offline use; best effort.
@@ -142,9 +255,6 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
         if let Err(error) = saved {
             tracing::warn!(path = %copy.display(), %error, "cannot keep a copy of the index");
         }
-    }
-    if let (Some(rollback), true) = (&rollback, opts.record_generation) {
-        rollback.record(&index.name, index.generation)?;
     }
 
     let source: Box<dyn ChunkStore> = match (&http, is_http(location)) {
@@ -165,6 +275,7 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
         name = index.name,
         generation = index.generation,
         size = index.image_size,
+        sha256 = crate::hex::encode(&index_sha256),
         from = index_source,
         "index accepted"
     );
@@ -173,6 +284,7 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
         reader: ImageReader::new(Arc::new(index), VerifyingStore::new(source)),
         http,
         index_source,
+        index_sha256,
         boot,
     })
 }
@@ -222,27 +334,51 @@ fn boot_files(
     BootFiles { list, record_to }
 }
 
-fn fetch_index(
-    opts: &OpenOptions,
-    rel: &str,
-    http: Option<&HttpStore>,
-) -> Result<(IndexV1, Vec<u8>, String), OpenError> {
+fn fetch_index(opts: &OpenOptions, http: Option<&HttpStore>) -> Result<VerifiedIndex, OpenError> {
     let location = opts.index_location.as_str();
-    let parse = |bytes: Vec<u8>| -> Result<(IndexV1, Vec<u8>), IndexError> {
+    // Known before anything is fetched: an index is only ever trusted for
+    // the image asked for.
+    let asked = opts.image_name()?;
+    layout::validate_name(asked).map_err(|reason| OpenError::BadImageName {
+        name: asked.to_owned(),
+        reason,
+    })?;
+    let parse = |bytes: Vec<u8>| -> Result<(IndexV1, Vec<u8>), Refusal> {
         let index = IndexV1::parse_verified(&bytes, &opts.public_key)?;
+        if index.name != asked {
+            return Err(Refusal::OtherImage {
+                asked: asked.to_owned(),
+                found: index.name,
+            });
+        }
         Ok((index, bytes))
+    };
+    // A file the operator pointed at (or the cache's copy): its errors are
+    // reported as they are.
+    let parse_file = |bytes: Vec<u8>, at: &str| {
+        parse(bytes).map_err(|refusal| match refusal {
+            Refusal::Index(source) => OpenError::Index {
+                location: at.to_owned(),
+                source,
+            },
+            Refusal::OtherImage { asked, found } => OpenError::OtherImage {
+                location: at.to_owned(),
+                asked,
+                found,
+            },
+        })
+    };
+    let verified = |(index, bytes): (IndexV1, Vec<u8>), source: String| VerifiedIndex {
+        index,
+        bytes,
+        source,
     };
     let mut failures = Vec::new();
     if !is_http(location) {
         match read_index_file(location) {
             Ok(bytes) => {
-                // A local index is what the operator pointed at: its errors
-                // are reported as they are.
-                let (index, bytes) = parse(bytes).map_err(|source| OpenError::Index {
-                    location: location.to_owned(),
-                    source,
-                })?;
-                return Ok((index, bytes, location.to_owned()));
+                let parsed = parse_file(bytes, location)?;
+                return Ok(verified(parsed, location.to_owned()));
             }
             Err(source) if http.is_none() => {
                 return Err(OpenError::IndexIo {
@@ -258,8 +394,9 @@ fn fetch_index(
         }
     }
     if let Some(http) = http {
-        match http.fetch_file(rel, IndexV1::MAX_ENCODED_LEN, parse) {
-            Ok((index, bytes)) => return Ok((index, bytes, location.to_owned())),
+        let (_, rel) = layout::split_index_location(location);
+        match http.fetch_file(&rel, IndexV1::MAX_ENCODED_LEN, parse) {
+            Ok(parsed) => return Ok(verified(parsed, location.to_owned())),
             Err(mut more) => failures.append(&mut more),
         }
     }
@@ -269,12 +406,10 @@ fn fetch_index(
     if let (Some(cache_dir), true, false) = (&opts.cache_dir, opts.offline_index, answered_badly) {
         let copy = store::cache::index_copy_path(cache_dir, location);
         if let Ok(bytes) = read_index_file(&copy.to_string_lossy()) {
-            let (index, bytes) = parse(bytes).map_err(|source| OpenError::Index {
-                location: copy.display().to_string(),
-                source,
-            })?;
+            let at = copy.display().to_string();
+            let parsed = parse_file(bytes, &at)?;
             tracing::warn!(location, "index unreachable, using the cached copy");
-            return Ok((index, bytes, format!("cache ({})", copy.display())));
+            return Ok(verified(parsed, format!("cache ({at})")));
         }
     }
     Err(OpenError::IndexUnavailable(failures))

@@ -4,9 +4,12 @@
 //!
 //! ```toml
 //! pubkey = "/etc/circular/cas.pub"     # publisher's public key
-//! cache = "/var/cache/circular/cas"    # chunk cache + anti-rollback state
+//! cache = "/var/cache/circular/cas"    # chunk cache (untrusted)
 //! cache_mib = 4096
 //! mirrors = ["http://10.0.0.2:8080/"]  # extra store roots
+//! state_dir = "/var/lib/circular/cas"  # anti-rollback state (this is the default)
+//! image = "debian-12"                  # the image asked for, when the index
+//!                                      # URL's file name is not NAME.cidx
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,6 +24,8 @@ pub struct ClientConfig {
     pub cache_mib: Option<u64>,
     #[serde(default)]
     pub mirrors: Vec<String>,
+    pub state_dir: Option<PathBuf>,
+    pub image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +68,12 @@ mod tests {
     #[test]
     fn parses_and_refuses_unknown_keys() {
         let c = ClientConfig::parse(
-            "pubkey = \"/k.pub\"\ncache = \"/c\"\ncache_mib = 64\nmirrors = [\"http://m/\"]\n",
+            "pubkey = \"/k.pub\"\ncache = \"/c\"\ncache_mib = 64\nmirrors = [\"http://m/\"]\n\
+             state_dir = \"/s\"\nimage = \"img\"\n",
         )
         .unwrap();
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/s")));
+        assert_eq!(c.image.as_deref(), Some("img"));
         assert_eq!(c.pubkey.as_deref(), Some(Path::new("/k.pub")));
         assert_eq!(c.cache_mib, Some(64));
         assert_eq!(c.mirrors, vec!["http://m/".to_owned()]);

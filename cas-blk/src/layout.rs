@@ -63,6 +63,15 @@ pub fn store_root_of(index_location: &str) -> String {
     format!("{root}/")
 }
 
+/// The image an index location names by its file name, `NAME.cidx` (URL or
+/// path alike); `None` if the file name is not that, or NAME is not a valid
+/// image name.
+pub fn image_name_of(index_location: &str) -> Option<&str> {
+    let file = index_location.rsplit('/').next()?;
+    let name = file.strip_suffix(&format!(".{INDEX_EXT}"))?;
+    validate_name(name).is_ok().then_some(name)
+}
+
 /// Splits an index location into its store root and its path below it.
 pub fn split_index_location(index_location: &str) -> (String, String) {
     let root = store_root_of(index_location);
@@ -116,5 +125,26 @@ mod tests {
         assert_eq!(store_root_of("/srv/store/indexes/x.cidx"), "/srv/store/");
         assert_eq!(store_root_of("indexes/x.cidx"), "./");
         assert_eq!(store_root_of("x.cidx"), "./");
+    }
+
+    #[test]
+    fn image_names_from_index_locations() {
+        assert_eq!(image_name_of("http://h:1/s/indexes/img.cidx"), Some("img"));
+        assert_eq!(
+            image_name_of("/srv/indexes/debian-12.img.cidx"),
+            Some("debian-12.img")
+        );
+        assert_eq!(image_name_of("x.cidx"), Some("x"));
+        for unknown in [
+            "http://h/indexes/img",
+            "http://h/indexes/img.cidx?v=2",
+            "http://h/indexes/.cidx",
+            "http://h/indexes/..cidx",
+            "http://h/indexes/",
+            "http://h/img.cidx/",
+            "",
+        ] {
+            assert_eq!(image_name_of(unknown), None, "{unknown:?}");
+        }
     }
 }

@@ -9,21 +9,26 @@
 
 pub mod chunk;
 pub mod client;
+pub mod commit;
 pub mod config;
+pub mod disk;
 mod hex;
 pub mod index;
 pub mod keys;
 pub mod layout;
 pub mod nbd;
+pub mod overlay;
 pub mod pack;
 pub mod prefetch;
 pub mod reader;
 pub mod rollback;
 pub mod serve;
+pub mod session;
 pub mod stats;
 pub mod store;
 
 pub use chunk::{ChunkId, ChunkRef, ChunkSize, Compression};
+pub use disk::{BlockDevice, CowDisk, DiskError, DiskErrorKind};
 pub use index::IndexV1;
 pub use reader::ImageReader;
 pub use store::{ChunkStore, VerifyingStore};

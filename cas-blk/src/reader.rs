@@ -372,29 +372,50 @@ impl<S: ChunkStore> ImageReader<S> {
     }
 
     /// Chunk `i` fetched, decompressed and verified whole (zeros for an
-    /// all-zero chunk). One thread at a time fetches a given chunk: another
-    /// wanting it waits, then reads the copy the first one verified.
+    /// all-zero chunk), or read from this process's verified copy.
     /// `learn`: keep block digests of it (for reads; not for `cat`).
     fn fetch_verified(&self, i: usize, learn: bool) -> Result<Arc<Vec<u8>>, ReadError> {
         let Some(chunk) = self.index.chunk_ref(i) else {
             return Ok(Arc::new(vec![0u8; self.index.chunk_len(i) as usize]));
         };
-        let _claim = self.inflight.claim(chunk.id);
-        let known = lock(&self.verified).get(&chunk.id).cloned();
-        if let Some(verified) = known {
+        let known = |verified: &Verified| {
             let mut whole = vec![0u8; chunk.len as usize];
-            if verified.read(whole.len(), 0, &mut whole).is_ok() {
-                return Ok(Arc::new(whole));
-            }
+            verified
+                .read(whole.len(), 0, &mut whole)
+                .ok()
+                .map(|()| whole)
+        };
+        self.obtain(i, &chunk, learn, known, |data| data)
+            .map(Arc::new)
+    }
+
+    /// The one way a chunk is fetched. One thread at a time fetches a given
+    /// chunk: another wanting it waits for the first, then finds it
+    /// verified. A chunk this process verified already goes to `known`;
+    /// if that declines (`None`), or the chunk is new, the store fetches,
+    /// decompresses and verifies it whole, `learn` keeps its block digests,
+    /// and `fetched` gets its content.
+    fn obtain<T>(
+        &self,
+        i: usize,
+        chunk: &ChunkRef,
+        learn: bool,
+        known: impl FnOnce(&Verified) -> Option<T>,
+        fetched: impl FnOnce(Vec<u8>) -> T,
+    ) -> Result<T, ReadError> {
+        let _claim = self.inflight.claim(chunk.id);
+        let verified = lock(&self.verified).get(&chunk.id).cloned();
+        if let Some(value) = verified.as_deref().and_then(known) {
+            return Ok(value);
         }
         let data = self
             .store
-            .read_chunk(&chunk)
+            .read_chunk(chunk)
             .map_err(|source| ReadError::Chunk { index: i, source })?;
         if learn {
-            self.learn(&chunk, &data);
+            self.learn(chunk, &data);
         }
-        Ok(Arc::new(data))
+        Ok(fetched(data))
     }
 
     /// Fills `buf` from `offset`; the whole range must lie in the image.
@@ -514,15 +535,12 @@ impl<S: ChunkStore> ImageReader<S> {
                         let Some(chunk) = self.index.chunk_ref(i) else {
                             continue;
                         };
-                        let _claim = self.inflight.claim(chunk.id);
-                        if lock(&self.verified).contains_key(&chunk.id) {
-                            continue;
-                        }
-                        match self.store.read_chunk(&chunk) {
-                            Ok(data) => {
-                                self.learn(&chunk, &data);
+                        // Verified already (by a read, or listed twice): skipped.
+                        match self.obtain(i, &chunk, true, |_| Some(false), |_| true) {
+                            Ok(true) => {
                                 fetched.fetch_add(1, Ordering::Relaxed);
                             }
+                            Ok(false) => {}
                             Err(error) => {
                                 tracing::debug!(chunk = i, error = %crate::error_chain(&error), "prefetch failed");
                                 failed.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use circ_cas::chunk::ChunkId;
 use circ_cas::chunk::{ChunkSize, Compression};
-use circ_cas::client::{self, OpenError, OpenOptions};
+use circ_cas::client::{self, OpenError, OpenOptions, Rollback};
 use circ_cas::index::IndexV1;
 use circ_cas::keys::SecretKey;
 use circ_cas::pack::{self, PackOptions, PackReport};
@@ -55,9 +55,14 @@ impl Fixture {
     }
 
     fn options(&self, index_url: &str) -> OpenOptions {
-        let mut opts = OpenOptions::new(index_url, self.key.public());
+        let mut opts = OpenOptions::new(index_url, self.key.public(), self.rollback(false));
         opts.cache_dir = Some(self.path("cache"));
         opts
+    }
+
+    /// The anti-rollback gate on this fixture's state directory.
+    fn rollback(&self, allow: bool) -> Rollback {
+        Rollback::gate(self.path("state"), allow)
     }
 
     fn index(&self) -> IndexV1 {
@@ -283,6 +288,7 @@ fn a_wrong_key_is_refused() {
     let opts_local = OpenOptions::new(
         fx.store().index_file("img").to_str().unwrap(),
         opts.public_key,
+        fx.rollback(false),
     );
     assert!(client::open(&opts_local)
         .unwrap_err()
@@ -312,7 +318,7 @@ fn rollback_is_refused_unless_allowed() {
         "{err}"
     );
     let mut allow = fx.options(&index_url);
-    allow.allow_rollback = true;
+    allow.rollback = fx.rollback(true);
     let opened = client::open(&allow).unwrap();
     assert_eq!(opened.reader.index().generation, 1);
     server.stop();
@@ -472,9 +478,13 @@ fn truncated_and_malformed_indexes_are_clear_errors() {
     let path = fx.store().index_file("img");
     let good = std::fs::read(&path).unwrap();
     let open_local = || {
-        client::open(&OpenOptions::new(path.to_str().unwrap(), fx.key.public()))
-            .unwrap_err()
-            .to_string()
+        client::open(&OpenOptions::new(
+            path.to_str().unwrap(),
+            fx.key.public(),
+            fx.rollback(false),
+        ))
+        .unwrap_err()
+        .to_string()
     };
     let cases: [(Vec<u8>, &str); 4] = [
         (good[..good.len() - 10].to_vec(), "truncated"),
@@ -485,7 +495,12 @@ fn truncated_and_malformed_indexes_are_clear_errors() {
     for (bytes, expected) in cases {
         std::fs::write(&path, &bytes).unwrap();
         let message = error_text(
-            &client::open(&OpenOptions::new(path.to_str().unwrap(), fx.key.public())).unwrap_err(),
+            &client::open(&OpenOptions::new(
+                path.to_str().unwrap(),
+                fx.key.public(),
+                fx.rollback(false),
+            ))
+            .unwrap_err(),
         );
         assert!(message.contains(expected), "{expected}: {message}");
         assert!(open_local().starts_with("index"), "{}", open_local());

@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use circ_cas::client::OpenOptions;
+use circ_cas::client::{OpenOptions, Rollback};
 use circ_cas::keys::SecretKey;
-use circ_cas::nbd::{self, proto, BlockDevice, NbdServer, Overlay};
+use circ_cas::nbd::{proto, NbdServer};
+use circ_cas::overlay::Overlay;
 use circ_cas::pack::{self, PackOptions};
 use circ_cas::serve::{Server, ServerHandle};
+use circ_cas::session::open_disk;
 use circ_cas::store::DirStore;
+use circ_cas::BlockDevice;
 use circ_cas::IndexV1;
 
 const CHUNK: usize = 64 * 1024;
@@ -70,14 +73,18 @@ impl Fixture {
     }
 
     fn options(&self) -> OpenOptions {
-        let mut opts = OpenOptions::new(self.index_url.clone(), self.key.public());
+        let mut opts = OpenOptions::new(
+            self.index_url.clone(),
+            self.key.public(),
+            Rollback::gate(self.path("state"), false),
+        );
         opts.cache_dir = Some(self.path("cache"));
         opts
     }
 
     /// Exports the image on a fresh Unix socket; returns its path.
     fn export(&self, overlay: Option<&Path>) -> PathBuf {
-        let disk = nbd::open_disk(&self.options(), overlay).unwrap().0;
+        let disk = open_disk(&self.options(), overlay).unwrap().0;
         let socket = self.path(&format!("nbd-{}.sock", rand_suffix()));
         let server = NbdServer::bind_unix(&socket, Arc::new(disk), "img").unwrap();
         server.spawn();
@@ -237,7 +244,7 @@ fn read_only_exports_refuse_writes() {
 #[test]
 fn handshake_options_and_tcp() {
     let fx = Fixture::new();
-    let disk = nbd::open_disk(&fx.options(), Some(&fx.path("tcp.ovl")))
+    let disk = open_disk(&fx.options(), Some(&fx.path("tcp.ovl")))
         .unwrap()
         .0;
     let server =
@@ -437,9 +444,12 @@ impl RawClient {
 fn block_device_reads_match_through_any_overlay_pattern() {
     // Writes at every alignment against a plain model of the disk.
     let fx = Fixture::new();
-    let disk = nbd::open_disk(&fx.options(), Some(&fx.path("model.ovl")))
-        .unwrap()
-        .0;
+    // Through the trait object, as any backend drives a disk.
+    let disk: Arc<dyn BlockDevice> = Arc::new(
+        open_disk(&fx.options(), Some(&fx.path("model.ovl")))
+            .unwrap()
+            .0,
+    );
     let mut model = image();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |n: u64| {

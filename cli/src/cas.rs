@@ -6,18 +6,19 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use circ_cas::chunk::{ChunkSize, Compression};
-use circ_cas::client::{self, OpenOptions};
+use circ_cas::client::{self, OpenOptions, Rollback};
 use circ_cas::config::ClientConfig;
 use circ_cas::error_chain;
 use circ_cas::keys::{self, SecretKey};
-use circ_cas::nbd::{self, BlockDevice, NbdServer, Overlay};
+use circ_cas::nbd::NbdServer;
+use circ_cas::overlay::Overlay;
 use circ_cas::pack::{self, PackOptions};
 use circ_cas::serve::Server;
+use circ_cas::session::{DiskSession, SessionOptions};
 use circ_cas::stats;
 use circ_cas::store::DirStore;
 use circ_cli_support::Exit;
@@ -74,7 +75,8 @@ pub enum CasCommand {
         json: bool,
     },
     /// Serve the verified image as an NBD export (Unix socket or TCP);
-    /// writes go to a copy-on-write overlay file.
+    /// writes go to a copy-on-write overlay file. SIGTERM or SIGINT: answer
+    /// the requests received, flush the overlay, exit 0.
     Nbd {
         #[command(flatten)]
         source: SourceArgs,
@@ -145,23 +147,32 @@ pub struct SourceArgs {
     /// Publisher's public key (KEY.pub).
     #[arg(long, env = "CIRC_CAS_PUBKEY")]
     pubkey: Option<PathBuf>,
-    /// Chunk cache and anti-rollback state.
+    /// Chunk cache (untrusted: every copy is verified again).
     #[arg(long, env = "CIRC_CAS_CACHE")]
     cache: Option<PathBuf>,
+    /// Anti-rollback state: the highest generation accepted per image
+    /// [default: /var/lib/circular/cas].
+    #[arg(long, env = "CIRC_CAS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The image asked for [default: NAME of the index URL's NAME.cidx];
+    /// an index for another image is refused.
+    #[arg(long)]
+    image: Option<String>,
     /// Cache size limit in MiB [default: 4096].
     #[arg(long)]
     cache_mib: Option<u64>,
     /// Another store root serving the same chunks (repeatable).
     #[arg(long = "mirror")]
     mirrors: Vec<String>,
-    /// Accept an index older than one accepted before.
+    /// Accept an index older than one accepted before (and record it), or
+    /// go on without usable anti-rollback state.
     #[arg(long)]
     allow_rollback: bool,
     /// Parallel chunk fetches.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Settings file (TOML: pubkey, cache, cache_mib, mirrors); the
-    /// environment and flags override it.
+    /// Settings file (TOML: pubkey, cache, cache_mib, mirrors, state_dir,
+    /// image); the environment and flags override it.
     #[arg(long, env = "CIRC_CAS_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -210,11 +221,13 @@ pub fn run(cmd: CasCommand) -> anyhow::Result<Exit> {
             boot_window,
         } => {
             debug_assert!(read_only == overlay.is_none());
-            let boot = BootOptions {
+            let opts = SessionOptions {
+                open: open_options(&source)?,
+                overlay,
                 prefetch: !no_prefetch,
-                window: std::time::Duration::from_secs(boot_window),
+                boot_window: std::time::Duration::from_secs(boot_window),
             };
-            nbd(&source, socket, listen, overlay, boot)
+            nbd(&opts, socket, listen)
         }
         CasCommand::Commit {
             overlay,
@@ -227,12 +240,13 @@ pub fn run(cmd: CasCommand) -> anyhow::Result<Exit> {
             no_sync,
             json,
         } => {
-            let mut opts = OpenOptions::new(index, keys::read_public(&pubkey)?);
+            let overlay = Overlay::open(&overlay)?;
+            // The overlay names its base (image and generation), checked
+            // against the index: no rollback gate, nothing recorded.
+            let mut opts =
+                OpenOptions::new(index, keys::read_public(&pubkey)?, Rollback::Unchecked);
+            opts.image = Some(overlay.base().name.clone());
             opts.cache_dir = cache;
-            // The overlay's base is named by the operator: no rollback
-            // check, and nothing recorded.
-            opts.allow_rollback = true;
-            opts.record_generation = false;
             commit(&opts, &overlay, &key, store, out.as_deref(), !no_sync, json)
         }
         CasCommand::Stats {
@@ -358,7 +372,17 @@ fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
         .or(config.pubkey)
         .context("no public key: give --pubkey, CIRC_CAS_PUBKEY or `pubkey` in --config")?;
     let public_key = keys::read_public(&pubkey)?;
-    let mut opts = OpenOptions::new(source.index_url.clone(), public_key);
+    let state_dir = source
+        .state_dir
+        .clone()
+        .or(config.state_dir)
+        .unwrap_or_else(|| PathBuf::from(circ_cas::rollback::DEFAULT_STATE_DIR));
+    let mut opts = OpenOptions::new(
+        source.index_url.clone(),
+        public_key,
+        Rollback::gate(state_dir, source.allow_rollback),
+    );
+    opts.image = source.image.clone().or(config.image);
     opts.cache_dir = source.cache.clone().or(config.cache);
     opts.cache_max_bytes = source
         .cache_mib
@@ -367,114 +391,43 @@ fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
         .saturating_mul(1 << 20);
     opts.mirrors = config.mirrors;
     opts.mirrors.extend(source.mirrors.iter().cloned());
-    opts.allow_rollback = source.allow_rollback;
-    if opts.cache_dir.is_none() {
-        tracing::warn!("no --cache: no chunk cache and no rollback protection across runs");
-    }
     Ok(opts)
 }
 
-/// What `circ cas nbd` does with boot prefetch lists.
-struct BootOptions {
-    prefetch: bool,
-    /// Zero: record nothing.
-    window: std::time::Duration,
-}
-
-type Disk = Arc<nbd::CowDisk<Box<dyn circ_cas::ChunkStore>>>;
-
 fn nbd(
-    source: &SourceArgs,
+    opts: &SessionOptions,
     socket: Option<PathBuf>,
     listen: Option<SocketAddr>,
-    overlay: Option<PathBuf>,
-    boot_options: BootOptions,
 ) -> anyhow::Result<Exit> {
-    let (disk, boot) = nbd::open_disk(&open_options(source)?, overlay.as_deref())?;
-    let index = disk.reader().index();
+    let session = DiskSession::open(opts)?;
+    let index = session.index();
     let (name, generation, size) = (index.name.clone(), index.generation, index.image_size);
-    let writable = disk.overlay().is_some();
-    let disk: Disk = Arc::new(disk);
-    if let (true, Some((positions, from))) = (boot_options.prefetch, boot.list) {
-        let disk = Arc::clone(&disk);
-        std::thread::Builder::new()
-            .name("prefetch".into())
-            .spawn(move || boot_prefetch(&disk, &positions, &from))?;
-    }
-    if let (false, Some(path)) = (boot_options.window.is_zero(), boot.record_to) {
-        let disk = Arc::clone(&disk);
-        std::thread::Builder::new()
-            .name("boot-record".into())
-            .spawn(move || record_boot(&disk, boot_options.window, &path))?;
-    }
-    let disk: Arc<dyn BlockDevice> = disk;
     let server = match (socket, listen) {
-        (Some(path), _) => NbdServer::bind_unix(&path, disk, &name)?,
-        (None, Some(addr)) => NbdServer::bind_tcp(addr, disk, &name)?,
+        (Some(path), _) => NbdServer::bind_unix(&path, session.device(), &name)?,
+        (None, Some(addr)) => NbdServer::bind_tcp(addr, session.device(), &name)?,
         (None, None) => anyhow::bail!("give --socket or --listen"),
     };
+    server.stop_handle().stop_on_termination_signals()?;
     // Scripts read this line (and tests the bound port).
     println!(
         "serving {name} generation {generation} ({size} bytes, {}) on {}",
-        if writable { "read-write" } else { "read-only" },
+        if session.writable() {
+            "read-write"
+        } else {
+            "read-only"
+        },
         server.endpoint()?
     );
     std::io::stdout().flush()?;
     server.run()?;
+    session.close()?;
+    tracing::info!("NBD server stopped, disk flushed");
     Ok(Exit::Success)
-}
-
-/// Fetches a boot prefetch list's chunks ahead of the guest, two at a time.
-fn boot_prefetch(disk: &Disk, positions: &[u32], from: &str) {
-    tracing::info!(chunks = positions.len(), from, "boot prefetch started");
-    let started = std::time::Instant::now();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let report = disk.reader().prefetch(positions, 2, &stop);
-    tracing::info!(
-        listed = report.listed,
-        fetched = report.fetched,
-        failed = report.failed,
-        seconds = format_args!("{:.2}", started.elapsed().as_secs_f64()),
-        "boot prefetch done"
-    );
-}
-
-/// Keeps the chunks read within `window` of the guest's first read as the
-/// image's boot prefetch list, saved every few seconds while the window
-/// runs: a guest destroyed early (the server killed) still leaves its list.
-fn record_boot(disk: &Disk, window: std::time::Duration, path: &std::path::Path) {
-    use std::time::{Duration, Instant};
-    let reader = disk.reader();
-    let first = loop {
-        match reader.first_read() {
-            Some(at) => break at,
-            None => std::thread::sleep(Duration::from_millis(500)),
-        }
-    };
-    let end = first + window;
-    let tick = Duration::from_secs(5).min(window);
-    let mut saved = 0;
-    loop {
-        let now = Instant::now();
-        std::thread::sleep((now + tick).min(end).saturating_duration_since(now));
-        let positions = reader.boot_trace(window);
-        if positions.len() > saved {
-            if let Err(error) = circ_cas::prefetch::save(path, reader.index(), &positions) {
-                tracing::warn!(path = %path.display(), %error, "cannot record the boot prefetch list");
-                return;
-            }
-            saved = positions.len();
-        }
-        if Instant::now() >= end {
-            break;
-        }
-    }
-    tracing::info!(chunks = saved, path = %path.display(), "recorded the boot prefetch list");
 }
 
 fn commit(
     opts: &OpenOptions,
-    overlay: &std::path::Path,
+    overlay: &Overlay,
     key: &std::path::Path,
     store: PathBuf,
     out: Option<&std::path::Path>,
@@ -482,10 +435,9 @@ fn commit(
     json: bool,
 ) -> anyhow::Result<Exit> {
     let key = SecretKey::read(key)?;
-    let overlay = Overlay::open(overlay)?;
     let base = client::open(opts)?;
-    let report = nbd::commit::commit(
-        &overlay,
+    let report = circ_cas::commit::commit(
+        overlay,
         &base.reader,
         &DirStore::open(store),
         &key,
@@ -536,18 +488,10 @@ fn cat(source: SourceArgs) -> anyhow::Result<Exit> {
 
 fn verify(source: SourceArgs, json: bool) -> anyhow::Result<Exit> {
     let mut opts = open_options(&source)?;
-    // Verification asks the network, not the cache, and changes no state.
+    // Verification asks the network, not the cache. The index it accepts
+    // is recorded like any other: a newer generation seen raises the floor.
     opts.cache_dir = None;
-    opts.record_generation = false;
     let image = client::open(&opts)?;
-    if let Some(cache) = &source.cache {
-        let index = image.reader.index();
-        circ_cas::rollback::GenerationStore::new(cache).check(
-            &index.name,
-            index.generation,
-            source.allow_rollback,
-        )?;
-    }
     let index = image.reader.index();
     let started = Instant::now();
     let bar = progress_bar(index.image_size);

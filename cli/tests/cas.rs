@@ -128,6 +128,7 @@ impl Setup {
     fn cat(&self, index_url: &str, extra: &[&str]) -> Output {
         let pubkey = self.p("key.pub");
         let cache = self.p("cache");
+        let state = self.p("state");
         let mut args = vec![
             "cas",
             "cat",
@@ -136,6 +137,8 @@ impl Setup {
             s(&pubkey),
             "--cache",
             s(&cache),
+            "--state-dir",
+            s(&state),
         ];
         args.extend_from_slice(extra);
         circ(&args)
@@ -209,7 +212,16 @@ fn verify_reports_a_corrupt_chunk_and_cat_refuses_it() {
     let server = circ_serve(&setup.p("store"));
     let index_url = format!("{}indexes/disk.img.cidx", server.url);
     let pubkey = setup.p("key.pub");
-    ok(&["cas", "verify", &index_url, "--pubkey", s(&pubkey)]);
+    let state = setup.p("state");
+    ok(&[
+        "cas",
+        "verify",
+        &index_url,
+        "--pubkey",
+        s(&pubkey),
+        "--state-dir",
+        s(&state),
+    ]);
 
     // Damage one chunk file in the store.
     let chunk = std::fs::read_dir(setup.p("store/chunks"))
@@ -230,7 +242,15 @@ fn verify_reports_a_corrupt_chunk_and_cat_refuses_it() {
     std::fs::write(&chunk, bytes).unwrap();
     let name = chunk.file_stem().unwrap().to_str().unwrap().to_owned();
 
-    let out = circ(&["cas", "verify", &index_url, "--pubkey", s(&pubkey)]);
+    let out = circ(&[
+        "cas",
+        "verify",
+        &index_url,
+        "--pubkey",
+        s(&pubkey),
+        "--state-dir",
+        s(&state),
+    ]);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -268,6 +288,8 @@ fn bad_signature_and_rollback_are_refused() {
         &index_url,
         "--pubkey",
         s(&setup.p("other.pub")),
+        "--state-dir",
+        s(&setup.p("state")),
     ]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());

@@ -67,9 +67,10 @@ fn nbd_write_commit_then_both_generations() {
     std::fs::write(
         p("cas.toml"),
         format!(
-            "pubkey = \"{}\"\ncache = \"{}\"\n",
+            "pubkey = \"{}\"\ncache = \"{}\"\nstate_dir = \"{}\"\n",
             s(&p("key.pub")),
-            s(&p("cache"))
+            s(&p("cache")),
+            s(&p("state"))
         ),
     )
     .unwrap();
@@ -115,6 +116,7 @@ fn nbd_write_commit_then_both_generations() {
     let mut expected = image.clone();
     expected[70_000..75_000].fill(0xee);
     let cache = p("cache");
+    let state = p("state");
     let new = ok(&[
         "cas",
         "cat",
@@ -123,17 +125,24 @@ fn nbd_write_commit_then_both_generations() {
         s(&p("key.pub")),
         "--cache",
         s(&cache),
+        "--state-dir",
+        s(&state),
     ]);
     assert!(new.stdout == expected, "new generation differs");
     // The old index is now a rollback: refused, then accepted when asked.
+    // Its copy's file name is not the image's: the image is named.
     let refused = circ(&[
         "cas",
         "cat",
         s(&old_index),
+        "--image",
+        "disk",
         "--pubkey",
         s(&p("key.pub")),
         "--cache",
         s(&cache),
+        "--state-dir",
+        s(&state),
     ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("rollback refused"));
@@ -141,10 +150,14 @@ fn nbd_write_commit_then_both_generations() {
         "cas",
         "cat",
         s(&old_index),
+        "--image",
+        "disk",
         "--pubkey",
         s(&p("key.pub")),
         "--cache",
         s(&cache),
+        "--state-dir",
+        s(&state),
         "--allow-rollback",
     ]);
     assert!(old.stdout == image, "old generation differs");
@@ -158,6 +171,8 @@ fn nbd_write_commit_then_both_generations() {
         s(&p("key.pub")),
         "--cache",
         s(&p("cache2")),
+        "--state-dir",
+        s(&state),
         "--socket",
         s(&p("nbd2.sock")),
         "--overlay",
@@ -224,6 +239,8 @@ fn nbd_records_a_boot_list_that_a_fresh_host_prefetches() {
             s(&p("key.pub")),
             "--cache",
             s(&p(cache)),
+            "--state-dir",
+            s(&p("state")),
             "--socket",
             s(&p(socket)),
             "--read-only",

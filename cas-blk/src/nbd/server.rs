@@ -1,15 +1,29 @@
 //! Serving a [`BlockDevice`] over NBD: fixed newstyle handshake, simple
 //! replies, one thread per connection, on a Unix socket or TCP.
+//!
+//! Stopping ([`StopHandle`], e.g. on SIGTERM): no new connection is
+//! accepted; each connection's read side is shut down, so it answers the
+//! requests it has already received and then ends (its client sees the
+//! connection close: later requests are refused, never half done); [`run`]
+//! returns once every connection has ended (or after a bound, when a client
+//! stopped reading its replies). The caller then flushes the device.
+//!
+//! [`run`]: NbdServer::run
 
+use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixListener;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use super::disk::BlockDevice;
+use rustix::event::{PollFd, PollFlags};
+
 use super::proto::{self, Action};
+use crate::disk::BlockDevice;
 use crate::error_chain;
 
 /// Connections served at once; more are closed at once.
@@ -17,6 +31,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// Failed requests logged per connection before going quiet (a guest can
 /// read a bad block in a loop).
 const LOGGED_FAILURES: u64 = 10;
+/// How long a stop waits for connections to answer what they received,
+/// then for them to end once cut off.
+const DRAIN: Duration = Duration::from_secs(5);
+const CUT_OFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
@@ -42,15 +60,122 @@ enum Listener {
     Tcp(TcpListener),
 }
 
+/// A client connection, kept by the server so that a stop can cut it off.
+#[derive(Debug)]
+enum Connection {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Connection {
+    fn shutdown(&self, how: Shutdown) {
+        // A connection that already ended has nothing to cut.
+        let _ = match self {
+            Self::Unix(s) => s.shutdown(how),
+            Self::Tcp(s) => s.shutdown(how),
+        };
+    }
+}
+
+/// The live connections, by id.
+#[derive(Debug, Default)]
+struct Connections {
+    live: Mutex<HashMap<u64, Connection>>,
+    ended: Condvar,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits up to `bound` for every connection to end; true if they did.
+    fn wait_empty(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let mut live = self.lock();
+        while !live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            live = self
+                .ended
+                .wait_timeout(live, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    fn shutdown_all(&self, how: Shutdown) -> usize {
+        let live = self.lock();
+        for connection in live.values() {
+            connection.shutdown(how);
+        }
+        live.len()
+    }
+}
+
+/// Stops an [`NbdServer`] from any thread, or from a signal.
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    /// Write end of the server's wake-up socket pair (the self-pipe).
+    wake: Arc<UnixStream>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        // Non-blocking: one byte is enough, and a full buffer already
+        // holds one.
+        let _ = (&*self.wake).write(&[1]);
+    }
+
+    /// Stops the server on SIGTERM or SIGINT (the signal handler writes
+    /// to the wake-up socket; nothing else runs in it).
+    pub fn stop_on_termination_signals(&self) -> io::Result<()> {
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::low_level::pipe::register(signal, self.wake.try_clone()?)?;
+        }
+        Ok(())
+    }
+}
+
 /// An NBD server for one export.
 #[derive(Debug)]
 pub struct NbdServer {
     listener: Listener,
     device: Arc<dyn BlockDevice>,
     export_name: String,
+    /// Read end of the wake-up socket pair; [`StopHandle`] has the other.
+    woken: UnixStream,
+    stop: StopHandle,
 }
 
 impl NbdServer {
+    fn new(
+        listener: Listener,
+        device: Arc<dyn BlockDevice>,
+        export_name: &str,
+    ) -> io::Result<Self> {
+        let (woken, wake) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        match &listener {
+            Listener::Unix(l, _) => l.set_nonblocking(true)?,
+            Listener::Tcp(l) => l.set_nonblocking(true)?,
+        }
+        Ok(Self {
+            listener,
+            device,
+            export_name: export_name.to_owned(),
+            woken,
+            stop: StopHandle {
+                wake: Arc::new(wake),
+            },
+        })
+    }
+
     /// Listens on a Unix socket at `path` (a stale socket file is replaced).
     pub fn bind_unix(
         path: &Path,
@@ -65,11 +190,12 @@ impl NbdServer {
             _ => {}
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
-        Ok(Self {
-            listener: Listener::Unix(listener, path.to_owned()),
+        Self::new(
+            Listener::Unix(listener, path.to_owned()),
             device,
-            export_name: export_name.to_owned(),
-        })
+            export_name,
+        )
+        .map_err(bind_err)
     }
 
     pub fn bind_tcp(
@@ -77,12 +203,9 @@ impl NbdServer {
         device: Arc<dyn BlockDevice>,
         export_name: &str,
     ) -> Result<Self, NbdError> {
-        let listener = TcpListener::bind(addr).map_err(|e| NbdError::Bind(addr.to_string(), e))?;
-        Ok(Self {
-            listener: Listener::Tcp(listener),
-            device,
-            export_name: export_name.to_owned(),
-        })
+        let bind_err = |e| NbdError::Bind(addr.to_string(), e);
+        let listener = TcpListener::bind(addr).map_err(bind_err)?;
+        Self::new(Listener::Tcp(listener), device, export_name).map_err(bind_err)
     }
 
     /// Where clients connect: `unix:PATH` or `tcp:ADDR` (the bound port with `:0`).
@@ -93,46 +216,122 @@ impl NbdServer {
         })
     }
 
-    /// Accepts connections until the listener fails; each gets a thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Accepts connections, each on its own thread, until stopped (see the
+    /// module's notes) or the listener fails.
     pub fn run(self) -> io::Result<()> {
-        let live = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(Connections::default());
+        let next_id = AtomicU64::new(0);
         loop {
-            let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) =
-                match &self.listener {
-                    Listener::Unix(l, _) => {
-                        let (s, _) = l.accept()?;
-                        (Box::new(s.try_clone()?), Box::new(s))
-                    }
-                    Listener::Tcp(l) => {
-                        let (s, _) = l.accept()?;
-                        s.set_nodelay(true)?;
-                        (Box::new(s.try_clone()?), Box::new(s))
-                    }
+            let (listener_ready, stopped) = {
+                let listener = match &self.listener {
+                    Listener::Unix(l, _) => l.as_fd(),
+                    Listener::Tcp(l) => l.as_fd(),
                 };
-            if live.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                live.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!("too many NBD connections, closing a new one");
+                let mut fds = [
+                    PollFd::from_borrowed_fd(listener, PollFlags::IN),
+                    PollFd::new(&self.woken, PollFlags::IN),
+                ];
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) => {}
+                    // A signal: its byte is on the wake-up socket by now.
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
+            };
+            if stopped {
+                break;
+            }
+            if !listener_ready {
                 continue;
+            }
+            let accepted = match &self.listener {
+                Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
+                    s.set_nonblocking(false)?;
+                    Ok(Connection::Unix(s))
+                }),
+                Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
+                    s.set_nonblocking(false)?;
+                    s.set_nodelay(true)?;
+                    Ok(Connection::Tcp(s))
+                }),
+            };
+            let connection = match accepted {
+                Ok(connection) => connection,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &connection
+            {
+                Connection::Unix(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
+                Connection::Tcp(s) => (Box::new(s.try_clone()?), Box::new(s.try_clone()?)),
+            };
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut live = connections.lock();
+                if live.len() >= MAX_CONNECTIONS {
+                    tracing::warn!("too many NBD connections, closing a new one");
+                    continue;
+                }
+                live.insert(id, connection);
             }
             let device = Arc::clone(&self.device);
             let name = self.export_name.clone();
-            let live = Arc::clone(&live);
-            std::thread::spawn(move || {
-                let id = live.load(Ordering::SeqCst);
-                match serve_connection(reader, writer, &*device, &name) {
-                    Ok(()) => tracing::debug!(conn = id, "NBD client left"),
-                    Err(error) => {
-                        tracing::info!(conn = id, error = %error_chain(&error), "NBD connection ended")
+            let ours = Arc::clone(&connections);
+            let spawned = std::thread::Builder::new()
+                .name(format!("nbd-{id}"))
+                .spawn(move || {
+                    match serve_connection(reader, writer, &*device, &name) {
+                        Ok(()) => tracing::debug!(conn = id, "NBD client left"),
+                        Err(error) => {
+                            tracing::info!(conn = id, error = %error_chain(&error), "NBD connection ended")
+                        }
                     }
-                }
-                live.fetch_sub(1, Ordering::SeqCst);
-            });
+                    ours.lock().remove(&id);
+                    ours.ended.notify_all();
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start a connection thread, closing it");
+                connections.lock().remove(&id);
+            }
         }
+        drain(&connections);
+        Ok(())
     }
 
     /// Runs the server on a thread (tests).
     pub fn spawn(self) -> std::thread::JoinHandle<io::Result<()>> {
         std::thread::spawn(move || self.run())
+    }
+}
+
+/// Errors after which the listener still works: the client went away
+/// before its connection was accepted, or a signal came.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Lets every connection answer what it has received, then end.
+fn drain(connections: &Connections) {
+    let open = connections.shutdown_all(Shutdown::Read);
+    tracing::info!(connections = open, "NBD server stopping");
+    if connections.wait_empty(DRAIN) {
+        return;
+    }
+    let stuck = connections.shutdown_all(Shutdown::Both);
+    tracing::warn!(
+        connections = stuck,
+        "NBD clients not reading their replies, connections cut"
+    );
+    if !connections.wait_empty(CUT_OFF) {
+        tracing::warn!("NBD connections still busy at stop");
     }
 }
 
@@ -353,12 +552,15 @@ fn transmission<R: Read>(
                 tracing::warn!(
                     offset = request.offset,
                     length = request.length,
-                    errno = error.errno(),
+                    errno = super::errno(error.kind()),
                     error = %error_chain(&error),
                     "NBD request failed"
                 );
             }
-            w.write_all(&proto::simple_reply(error.errno(), request.handle))?;
+            w.write_all(&proto::simple_reply(
+                super::errno(error.kind()),
+                request.handle,
+            ))?;
         }
         // Pipelined requests already read get their replies in one write.
         if r.buffer().is_empty() {

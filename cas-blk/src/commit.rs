@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use super::overlay::{Overlay, OverlayBase, BLOCK_SIZE};
 use crate::chunk::{self, ChunkId};
 use crate::index::{IndexError, IndexV1};
 use crate::keys::SecretKey;
+use crate::overlay::{Overlay, OverlayBase, OverlayError, BLOCK_SIZE};
 use crate::pack::{self, PackError};
 use crate::reader::{ImageReader, ReadError};
 use crate::store::{ChunkStore, DirStore};
@@ -38,7 +38,7 @@ pub enum CommitError {
         source: ReadError,
     },
     #[error(transparent)]
-    Overlay(#[from] super::OverlayError),
+    Overlay(#[from] OverlayError),
     #[error("cannot write to store {path}")]
     Store {
         path: PathBuf,

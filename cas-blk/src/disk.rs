@@ -1,21 +1,46 @@
-//! The block device an NBD export serves: a verified image, optionally with
-//! a copy-on-write overlay taking the writes.
+//! A block device, whatever serves it: the trait a backend (the NBD server
+//! today, a Xen blkif backend later) drives, its protocol-neutral errors, and
+//! the disk cas-blk serves: a verified image, optionally with a
+//! copy-on-write overlay taking the writes.
+//!
+//! ```text
+//! backend (NBD, blkif)  --BlockDevice-->  CowDisk: Overlay (writes, 4 KiB blocks)
+//!                                                  \-> ImageReader -> VerifyingStore<...>
+//! ```
 
 use std::fmt;
 use std::sync::Mutex;
 
-use super::overlay::{Overlay, OverlayError, BLOCK_SIZE};
-use super::proto;
+use crate::overlay::{Overlay, OverlayError, BLOCK_SIZE};
 use crate::reader::{ImageReader, ReadError};
-use crate::store::ChunkStore;
+use crate::store::{self, ChunkStore};
 
-/// What an NBD server needs from a disk.
+/// What a backend needs from a disk. Offsets and lengths are in bytes;
+/// a backend checks them against [`BlockDevice::size`] before asking (the
+/// disk checks again and answers [`DiskErrorKind::OutOfRange`]).
 pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn size(&self) -> u64;
     fn read_only(&self) -> bool;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
+    /// Makes every write completed so far durable.
     fn flush(&self) -> Result<(), DiskError>;
+}
+
+/// Why a request failed, in terms every backend can map to its protocol:
+/// NBD answers an errno, blkif a `BLKIF_RSP_*` status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskErrorKind {
+    /// The request reaches past the end of the disk.
+    OutOfRange,
+    /// A write to a read-only disk.
+    ReadOnly,
+    /// No source had the data in good shape (a copy that failed
+    /// verification): the disk refuses rather than return wrong bytes.
+    Integrity,
+    /// Any other failure to read or write: an outage, a missing chunk, the
+    /// overlay file.
+    Io,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +54,16 @@ pub enum DiskError {
 }
 
 impl DiskError {
-    /// The NBD error a client gets.
-    pub fn errno(&self) -> u32 {
+    pub fn kind(&self) -> DiskErrorKind {
         match self {
-            Self::Read(ReadError::OutOfRange { .. }) => proto::EINVAL,
-            Self::Read(_) | Self::Overlay(_) => proto::EIO,
-            Self::ReadOnly => proto::EPERM,
+            Self::Read(ReadError::OutOfRange { .. }) => DiskErrorKind::OutOfRange,
+            Self::Read(ReadError::Chunk { source, .. })
+                if source.kind() == store::ErrorKind::Corrupt =>
+            {
+                DiskErrorKind::Integrity
+            }
+            Self::Read(_) | Self::Overlay(_) => DiskErrorKind::Io,
+            Self::ReadOnly => DiskErrorKind::ReadOnly,
         }
     }
 }
