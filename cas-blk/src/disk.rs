@@ -201,3 +201,120 @@ impl<S: ChunkStore> BlockDevice for CowDisk<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::chunk::Compression;
+    use crate::keys::SecretKey;
+    use crate::overlay::OverlayBase;
+    use crate::pack::{self, PackOptions};
+    use crate::store::{DirStore, VerifyingStore};
+    use crate::IndexV1;
+
+    const CHUNK: usize = 16 * 1024;
+
+    /// A four-chunk image (chunk k filled with k + 1) packed in `dir/store`.
+    fn packed(dir: &std::path::Path) -> (Vec<u8>, IndexV1) {
+        let image: Vec<u8> = (0..4u8)
+            .flat_map(|k| std::iter::repeat_n(k + 1, CHUNK))
+            .collect();
+        std::fs::write(dir.join("image"), &image).unwrap();
+        let key = SecretKey::generate().unwrap();
+        let opts = PackOptions {
+            name: "img".into(),
+            chunk_size: "16K".parse().unwrap(),
+            compression: Compression::Zstd,
+            threads: 1,
+            durable: false,
+        };
+        let store = DirStore::open(dir.join("store"));
+        pack::pack(&dir.join("image"), &store, &key, &opts, &|_| {}).unwrap();
+        let bytes = std::fs::read(store.index_file("img")).unwrap();
+        (
+            image,
+            IndexV1::parse_verified(&bytes, &key.public()).unwrap(),
+        )
+    }
+
+    /// The disk as a backend sees it: a trait object, nothing more.
+    fn device(dir: &std::path::Path, index: &IndexV1, overlay: bool) -> Arc<dyn BlockDevice> {
+        let reader = ImageReader::new(
+            Arc::new(index.clone()),
+            VerifyingStore::new(DirStore::open(dir.join("store"))),
+        );
+        let overlay = overlay.then(|| {
+            let base = OverlayBase {
+                name: index.name.clone(),
+                generation: index.generation,
+                image_size: index.image_size,
+            };
+            Overlay::open_or_create(&dir.join("disk.ovl"), &base).unwrap()
+        });
+        Arc::new(CowDisk::new(reader, overlay))
+    }
+
+    #[test]
+    fn a_backend_drives_the_disk_through_the_trait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut image, index) = packed(dir.path());
+        let disk = device(dir.path(), &index, true);
+        assert_eq!(disk.size(), image.len() as u64);
+        assert!(!disk.read_only());
+        let mut all = vec![0u8; image.len()];
+        disk.read_at(0, &mut all).unwrap();
+        assert!(all == image);
+
+        // A write across a chunk boundary, not block-aligned, then flushed.
+        let at = CHUNK - 100;
+        disk.write_at(at as u64, &[0xee; 300]).unwrap();
+        image[at..at + 300].fill(0xee);
+        disk.flush().unwrap();
+        disk.read_at(0, &mut all).unwrap();
+        assert!(all == image);
+        drop(disk);
+        // Durable: a disk opened anew on the overlay reads the same.
+        let again = device(dir.path(), &index, true);
+        again.read_at(0, &mut all).unwrap();
+        assert!(all == image);
+
+        let mut past = [0u8; 2];
+        let err = again.read_at(again.size() - 1, &mut past).unwrap_err();
+        assert_eq!(err.kind(), DiskErrorKind::OutOfRange);
+        let err = again.write_at(again.size(), &[1]).unwrap_err();
+        assert_eq!(err.kind(), DiskErrorKind::OutOfRange);
+
+        let read_only = device(dir.path(), &index, false);
+        assert!(read_only.read_only());
+        let err = read_only.write_at(0, &[1]).unwrap_err();
+        assert_eq!(err.kind(), DiskErrorKind::ReadOnly);
+        read_only.flush().unwrap();
+    }
+
+    #[test]
+    fn bad_chunks_are_integrity_errors_and_missing_ones_io_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, index) = packed(dir.path());
+        let store = DirStore::open(dir.path().join("store"));
+        // Chunk 1 decompresses fine, to other content than its name says.
+        let mut wrong = image[CHUNK..2 * CHUNK].to_vec();
+        wrong[7] ^= 1;
+        let chunk1 = store.chunk_file(&index.chunks[1].unwrap(), index.compression);
+        std::fs::write(&chunk1, zstd::encode_all(wrong.as_slice(), 3).unwrap()).unwrap();
+        // Chunk 2 is gone.
+        let chunk2 = store.chunk_file(&index.chunks[2].unwrap(), index.compression);
+        std::fs::remove_file(chunk2).unwrap();
+
+        let disk = device(dir.path(), &index, false);
+        let mut buf = vec![0u8; 4096];
+        let err = disk.read_at(CHUNK as u64, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), DiskErrorKind::Integrity, "{err:?}");
+        assert!(buf.iter().all(|&b| b == 0), "no wrong byte was returned");
+        let err = disk.read_at(2 * CHUNK as u64, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), DiskErrorKind::Io, "{err:?}");
+        disk.read_at(3 * CHUNK as u64, &mut buf).unwrap();
+        assert!(buf == image[3 * CHUNK..3 * CHUNK + 4096]);
+    }
+}

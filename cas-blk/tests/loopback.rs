@@ -11,6 +11,7 @@ use circ_cas::index::IndexV1;
 use circ_cas::keys::SecretKey;
 use circ_cas::pack::{self, PackOptions, PackReport};
 use circ_cas::reader::{ImageReader, ReadError};
+use circ_cas::rollback::GenerationStore;
 use circ_cas::serve::{Server, ServerHandle};
 use circ_cas::store::{DirStore, ErrorKind, HttpConfig, HttpStore, VerifyingStore};
 
@@ -321,6 +322,103 @@ fn rollback_is_refused_unless_allowed() {
     allow.rollback = fx.rollback(true);
     let opened = client::open(&allow).unwrap();
     assert_eq!(opened.reader.index().generation, 1);
+    server.stop();
+}
+
+#[test]
+fn an_index_is_trusted_only_for_the_image_asked_for() {
+    let fx = Fixture::new();
+    let data = image(4 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    // The store answers `other`'s URL with `img`'s index, validly signed.
+    std::fs::copy(fx.store().index_file("img"), fx.store().index_file("other")).unwrap();
+    let (server, url) = fx.serve(&fx.path("store"));
+    let other_url = format!("{url}indexes/other.cidx");
+    let err = client::open(&fx.options(&other_url)).unwrap_err();
+    assert!(
+        error_text(&err).contains("index is for image `img`, but image `other` was asked for"),
+        "{}",
+        error_text(&err)
+    );
+    let state = GenerationStore::new(&fx.path("state"));
+    assert_eq!(state.highest("img").unwrap(), None, "nothing recorded");
+    // Named explicitly, that URL serves `img`.
+    let mut named = fx.options(&other_url);
+    named.image = Some("img".into());
+    assert_eq!(read_all(&named).unwrap(), data);
+
+    // A mirror answering `img`'s URL with another image (same key) is
+    // passed over for the next one.
+    let evil = DirStore::open(fx.path("evil"));
+    std::fs::write(fx.path("image2"), image(65_536)).unwrap();
+    let opts2 = PackOptions {
+        name: "other".into(),
+        chunk_size: "64K".parse().unwrap(),
+        compression: Compression::Zstd,
+        threads: 1,
+        durable: false,
+    };
+    pack::pack(&fx.path("image2"), &evil, &fx.key, &opts2, &|_| {}).unwrap();
+    std::fs::rename(evil.index_file("other"), evil.index_file("img")).unwrap();
+    let (evil_server, evil_url) = fx.serve(&fx.path("evil"));
+    let mut opts = fx.options(&format!("{evil_url}indexes/img.cidx"));
+    opts.cache_dir = None;
+    let err = client::open(&opts).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("index is for image `other`, but image `img` was asked for"),
+        "{err}"
+    );
+    opts.mirrors = vec![url.clone()];
+    assert_eq!(read_all(&opts).unwrap(), data);
+
+    // A local copy under another name: the precise error.
+    let local = fx.store().index_file("other");
+    let err = client::open(&fx.options(local.to_str().unwrap())).unwrap_err();
+    assert!(
+        matches!(&err, OpenError::OtherImage { asked, found, .. } if asked == "other" && found == "img"),
+        "{err:?}"
+    );
+    // A location that names no image, and no name given: refused before
+    // anything is fetched.
+    let err = client::open(&fx.options(&format!("{url}indexes/img"))).unwrap_err();
+    assert!(matches!(err, OpenError::UnknownImage { .. }), "{err:?}");
+    assert!(err.to_string().contains("--image"), "{err}");
+    server.stop();
+    evil_server.stop();
+}
+
+#[test]
+fn rollback_state_is_kept_without_a_cache_and_fails_closed() {
+    let fx = Fixture::new();
+    let mut data = image(4 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let old_index = std::fs::read(fx.store().index_file("img")).unwrap();
+    let old_data = data.clone();
+    data[0] ^= 1;
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let index_url = format!("{url}indexes/img.cidx");
+    let mut opts = fx.options(&index_url);
+    opts.cache_dir = None;
+    assert_eq!(read_all(&opts).unwrap(), data);
+    assert!(!fx.path("cache").exists(), "no cache involved");
+    std::fs::write(fx.store().index_file("img"), &old_index).unwrap();
+    let err = client::open(&opts).unwrap_err();
+    assert!(err.to_string().contains("rollback refused"), "{err}");
+
+    // State that cannot be used: refused, unless a rollback is allowed.
+    let blocked = fx.path("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    opts.rollback = Rollback::gate(blocked.clone(), false);
+    let err = client::open(&opts).unwrap_err();
+    assert!(
+        error_text(&err).contains("cannot use the anti-rollback state"),
+        "{}",
+        error_text(&err)
+    );
+    opts.rollback = Rollback::gate(blocked, true);
+    assert_eq!(read_all(&opts).unwrap(), old_data);
     server.stop();
 }
 

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use circ_cas::client::{OpenOptions, Rollback};
 use circ_cas::keys::SecretKey;
 use circ_cas::nbd::{proto, NbdServer};
-use circ_cas::overlay::Overlay;
+use circ_cas::overlay::{Overlay, OverlayError};
 use circ_cas::pack::{self, PackOptions};
 use circ_cas::serve::{Server, ServerHandle};
-use circ_cas::session::open_disk;
+use circ_cas::session::{open_disk, DiskSession, SessionOptions};
 use circ_cas::store::DirStore;
-use circ_cas::BlockDevice;
 use circ_cas::IndexV1;
+use circ_cas::{BlockDevice, DiskError};
 
 const CHUNK: usize = 64 * 1024;
 const CHUNKS: usize = 16;
@@ -218,6 +218,29 @@ fn a_corrupt_chunk_fails_only_its_reads() {
             "read -P 0x05 262144 4k",
             "read -P 0 327680 64k",
         ],
+    );
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_chunk_decompressing_to_other_content_fails_only_its_reads() {
+    // The chunk file keeps its name and decompresses fine, but to other
+    // bytes than the name's SHA-1: the guest gets EIO, never those bytes.
+    let fx = Fixture::new();
+    let mut wrong = vec![4u8; CHUNK];
+    wrong[1000] = 0x44;
+    let frame = zstd::encode_all(wrong.as_slice(), 3).unwrap();
+    std::fs::write(fx.chunk_file(3), frame).unwrap();
+    let socket = fx.export(None);
+    let (ok, text) = qemu_io(&socket, true, &["read -P 0x04 196608 4k"]);
+    assert!(!ok, "a chunk with the wrong content was served: {text}");
+    assert!(text.contains("Input/output error"), "{text}");
+    let (ok, text) = qemu_io(&socket, true, &["read -v 196608 4k"]);
+    assert!(!ok && !text.contains(" 44 "), "{text}");
+    let (ok, text) = qemu_io(
+        &socket,
+        true,
+        &["read -P 0x03 131072 64k", "read -P 0x05 262144 4k"],
     );
     assert!(ok, "{text}");
 }
@@ -475,4 +498,155 @@ fn block_device_reads_match_through_any_overlay_pattern() {
         disk.read_at(offset as u64, &mut buf).unwrap();
         assert!(buf == model[offset..offset + len]);
     }
+}
+
+/// A disk that is not cas-blk's: memory, with one block that fails.
+#[derive(Debug)]
+struct MemDisk {
+    data: std::sync::Mutex<Vec<u8>>,
+    bad_block: u64,
+}
+
+impl MemDisk {
+    fn new(len: usize, bad_block: u64) -> Self {
+        Self {
+            data: std::sync::Mutex::new(vec![0u8; len]),
+            bad_block,
+        }
+    }
+}
+
+impl BlockDevice for MemDisk {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        if offset / 4096 == self.bad_block {
+            return Err(DiskError::Overlay(OverlayError::Io {
+                path: "mem".into(),
+                source: std::io::Error::other("bad block"),
+            }));
+        }
+        let data = self.data.lock().unwrap();
+        buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        let mut mem = self.data.lock().unwrap();
+        mem[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        Ok(())
+    }
+}
+
+fn mem_export(fx: &Fixture, disk: &Arc<MemDisk>) -> (PathBuf, NbdServer) {
+    let socket = fx.path(&format!("mem-{}.sock", rand_suffix()));
+    let device: Arc<dyn BlockDevice> = Arc::clone(disk) as Arc<dyn BlockDevice>;
+    let server = NbdServer::bind_unix(&socket, device, "mem").unwrap();
+    (socket, server)
+}
+
+#[test]
+fn any_block_device_is_served_and_its_error_kinds_become_errnos() {
+    let fx = Fixture::new();
+    let disk = Arc::new(MemDisk::new(64 * 1024, 3));
+    let (socket, server) = mem_export(&fx, &disk);
+    server.spawn();
+    let (ok, text) = qemu_io(
+        &socket,
+        false,
+        &[
+            "write -P 0x61 8192 4096",
+            "read -P 0x61 8192 4096",
+            "read -P 0 0 4096",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(disk.data.lock().unwrap()[8192..12288]
+        .iter()
+        .all(|&b| b == 0x61));
+    // The device's I/O error kind reaches the client as EIO.
+    let mut c = RawClient::connect_unix(&socket);
+    c.go("mem");
+    assert_eq!(c.read_at(3 * 4096, 512).0, proto::EIO);
+    assert_eq!(c.read_at(0, 512).0, 0);
+}
+
+#[test]
+fn a_stop_answers_the_requests_received_then_closes() {
+    let fx = Fixture::new();
+    let disk = Arc::new(MemDisk::new(64 * 1024, u64::MAX));
+    let (socket, server) = mem_export(&fx, &disk);
+    let stop = server.stop_handle();
+    let running = server.spawn();
+    let mut c = RawClient::connect_unix(&socket);
+    c.go("mem");
+    // Three writes sent, none answered yet, then the server is told to stop.
+    for k in 0..3u64 {
+        c.send_request(1, k, k * 4096, 4096);
+        c.stream.write_all(&[k as u8 + 1; 4096]).unwrap();
+    }
+    stop.stop();
+    for k in 0..3u64 {
+        let mut reply = [0u8; 16];
+        c.read(&mut reply);
+        assert_eq!(
+            u32::from_be_bytes(reply[4..8].try_into().unwrap()),
+            0,
+            "errno"
+        );
+        assert_eq!(
+            u64::from_be_bytes(reply[8..].try_into().unwrap()),
+            k,
+            "handle"
+        );
+    }
+    // Then the connection ends, and so does the server.
+    let mut rest = Vec::new();
+    c.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "nothing after the replies");
+    running.join().unwrap().unwrap();
+    let data = disk.data.lock().unwrap();
+    for k in 0..3usize {
+        assert!(data[k * 4096..(k + 1) * 4096]
+            .iter()
+            .all(|&b| b == k as u8 + 1));
+    }
+    assert!(UnixStream::connect(&socket).is_err(), "no longer listening");
+}
+
+#[test]
+fn a_closed_session_has_stopped_its_threads_and_kept_its_boot_list() {
+    let fx = Fixture::new();
+    let session = DiskSession::open(&SessionOptions {
+        open: fx.options(),
+        overlay: None,
+        prefetch: true,
+        boot_window: std::time::Duration::from_secs(600),
+    })
+    .unwrap();
+    let device = session.device();
+    let mut buf = vec![0u8; 4096];
+    device.read_at(3 * CHUNK as u64, &mut buf).unwrap();
+    device.read_at(0, &mut buf).unwrap();
+    drop(device);
+    // Well inside the window: closing saves the list as it stands.
+    session.close().unwrap();
+    let lists: Vec<PathBuf> = std::fs::read_dir(fx.path("cache/indexes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "prefetch"))
+        .collect();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let list = std::fs::read_to_string(&lists[0]).unwrap();
+    assert!(list.ends_with("chunks 2\n3\n0\n"), "{list}");
 }

@@ -352,3 +352,311 @@ fn stats_table_and_json() {
     let out = circ(&["cas", "stats", s(&img), "--chunk-sizes", "3K"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Both HTTP servers the tests run: ours and python's.
+const SERVERS: [(&str, fn(&Path) -> Server); 2] =
+    [("circ cas serve", circ_serve), ("python", python_serve)];
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_index_is_trusted_only_for_the_image_asked_for_with_both_servers() {
+    let setup = Setup::new("zstd");
+    // The store answers image `other`'s URL with `disk.img`'s index, signed
+    // by the same key.
+    std::fs::copy(
+        setup.p("store/indexes/disk.img.cidx"),
+        setup.p("store/indexes/other.cidx"),
+    )
+    .unwrap();
+    let pubkey = setup.p("key.pub");
+    let state = setup.p("state");
+    let refusal = "index is for image `disk.img`, but image `other` was asked for";
+    for (which, serve) in SERVERS {
+        let server = serve(&setup.p("store"));
+        let url = format!("{}indexes/other.cidx", server.url);
+        let out = setup.cat(&url, &[]);
+        assert!(!out.status.success(), "{which}: cat accepted another image");
+        assert!(out.stdout.is_empty(), "{which}");
+        assert!(stderr(&out).contains(refusal), "{which}: {}", stderr(&out));
+        let out = circ(&[
+            "cas",
+            "verify",
+            &url,
+            "--pubkey",
+            s(&pubkey),
+            "--state-dir",
+            s(&state),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{which}: {}", stderr(&out));
+        assert!(stderr(&out).contains(refusal), "{which}: {}", stderr(&out));
+        let out = circ(&[
+            "cas",
+            "nbd",
+            &url,
+            "--pubkey",
+            s(&pubkey),
+            "--state-dir",
+            s(&state),
+            "--read-only",
+            "--socket",
+            s(&setup.p("nbd.sock")),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{which}: {}", stderr(&out));
+        assert!(stderr(&out).contains(refusal), "{which}: {}", stderr(&out));
+        // Named explicitly, the same URL serves `disk.img`.
+        let out = setup.cat(&url, &["--image", "disk.img"]);
+        assert!(out.status.success(), "{which}: {}", stderr(&out));
+        assert!(out.stdout == setup.image, "{which}: image differs");
+    }
+    // A URL whose file name is not NAME.cidx: refused before any fetch,
+    // unless the image is named (here in the configuration).
+    let python = python_serve(&setup.p("store"));
+    std::fs::copy(
+        setup.p("store/indexes/disk.img.cidx"),
+        setup.p("store/indexes/latest"),
+    )
+    .unwrap();
+    let url = format!("{}indexes/latest", python.url);
+    let out = setup.cat(&url, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot tell which image"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(setup.p("cas.toml"), "image = \"disk.img\"\n").unwrap();
+    let out = setup.cat(&url, &["--config", s(&setup.p("cas.toml"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == setup.image);
+}
+
+#[test]
+fn rollback_state_lives_in_the_state_dir_with_both_servers() {
+    let setup = Setup::new("zstd");
+    let index_path = setup.p("store/indexes/disk.img.cidx");
+    let gen1 = std::fs::read(&index_path).unwrap();
+    let mut changed = setup.image.clone();
+    changed[5] ^= 1;
+    std::fs::write(setup.p("disk.img"), &changed).unwrap();
+    ok(&[
+        "cas",
+        "pack",
+        s(&setup.p("disk.img")),
+        s(&setup.p("store")),
+        "--key",
+        s(&setup.p("key")),
+        "--chunk-size",
+        "64K",
+    ]);
+    let gen2 = std::fs::read(&index_path).unwrap();
+    let pubkey = setup.p("key.pub");
+    for (k, (which, serve)) in SERVERS.into_iter().enumerate() {
+        let server = serve(&setup.p("store"));
+        let url = format!("{}indexes/disk.img.cidx", server.url);
+        let state = setup.p(&format!("state-{k}"));
+        // No --cache at all: the state is kept all the same.
+        let source = |extra: &[&str]| -> Vec<String> {
+            let mut args = vec![url.clone(), "--pubkey".into(), s(&pubkey).into()];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            args
+        };
+        let run = |verb: &str, extra: &[&str]| -> Output {
+            let mut args = vec!["cas".to_owned(), verb.to_owned()];
+            args.extend(source(extra));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            circ(&args)
+        };
+        std::fs::write(&index_path, &gen2).unwrap();
+        let out = run("cat", &["--state-dir", s(&state)]);
+        assert!(out.status.success(), "{which}: {}", stderr(&out));
+        assert!(out.stdout == changed, "{which}");
+        assert!(state.join("generations/disk.img").exists(), "{which}");
+
+        // The mirror goes back to generation 1: cat, verify and nbd refuse.
+        std::fs::write(&index_path, &gen1).unwrap();
+        let socket = setup.p("nbd.sock");
+        for (verb, extra) in [
+            ("cat", vec![]),
+            ("verify", vec![]),
+            ("nbd", vec!["--read-only", "--socket", s(&socket)]),
+        ] {
+            let mut extra = extra.clone();
+            extra.extend(["--state-dir", s(&state)]);
+            let out = run(verb, &extra);
+            assert_eq!(out.status.code(), Some(1), "{which} {verb}");
+            assert!(
+                stderr(&out).contains("rollback refused"),
+                "{which} {verb}: {}",
+                stderr(&out)
+            );
+        }
+        // The state directory from the configuration, and from the
+        // environment.
+        let config = setup.p("state.toml");
+        std::fs::write(&config, format!("state_dir = \"{}\"\n", s(&state))).unwrap();
+        let out = run("cat", &["--config", s(&config)]);
+        assert!(
+            stderr(&out).contains("rollback refused"),
+            "{which}: {}",
+            stderr(&out)
+        );
+        let mut args = vec!["cas".to_owned(), "cat".to_owned()];
+        args.extend(source(&[]));
+        let out = common::command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .env("CIRC_CAS_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        assert!(
+            stderr(&out).contains("rollback refused"),
+            "{which}: {}",
+            stderr(&out)
+        );
+
+        // `verify` records what it accepted: generation 2 verified on a
+        // fresh state makes generation 1 a rollback there too.
+        let verified = setup.p(&format!("verified-{k}"));
+        std::fs::write(&index_path, &gen2).unwrap();
+        let out = run("verify", &["--state-dir", s(&verified)]);
+        assert!(out.status.success(), "{which}: {}", stderr(&out));
+        std::fs::write(&index_path, &gen1).unwrap();
+        let out = run("cat", &["--state-dir", s(&verified)]);
+        assert!(
+            stderr(&out).contains("rollback refused"),
+            "{which}: {}",
+            stderr(&out)
+        );
+
+        // Allowed, generation 1 is served and becomes the record.
+        let out = run("cat", &["--state-dir", s(&state), "--allow-rollback"]);
+        assert!(out.status.success(), "{which}: {}", stderr(&out));
+        assert!(out.stdout == setup.image, "{which}");
+        let out = run("cat", &["--state-dir", s(&state)]);
+        assert!(out.status.success(), "{which}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn unusable_rollback_state_fails_closed() {
+    let setup = Setup::new("zstd");
+    let server = circ_serve(&setup.p("store"));
+    let url = format!("{}indexes/disk.img.cidx", server.url);
+    // A state directory that cannot be created: a file is in its place.
+    let blocked = setup.p("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let pubkey = setup.p("key.pub");
+    let cat = |extra: &[&str]| {
+        let mut args = vec![
+            "cas",
+            "cat",
+            &url,
+            "--pubkey",
+            s(&pubkey),
+            "--state-dir",
+            s(&blocked),
+        ];
+        args.extend_from_slice(extra);
+        circ(&args)
+    };
+    let out = cat(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("cannot use the anti-rollback state"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cat(&["--allow-rollback"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == setup.image);
+}
+
+#[test]
+fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
+    // As the lab does it: chunk 4's plaintext changed, packed on its own
+    // (so compressed as the image's chunks are), its file copied over the
+    // good chunk's. It decompresses fine; its SHA-1 is not its name.
+    let setup = Setup::new("zstd");
+    let chunk = 65_536;
+    let good = &setup.image[4 * chunk..5 * chunk];
+    let mut wrong = good.to_vec();
+    wrong[100] ^= 0xff;
+    std::fs::write(setup.p("wrong.bin"), &wrong).unwrap();
+    ok(&[
+        "cas",
+        "pack",
+        s(&setup.p("wrong.bin")),
+        s(&setup.p("scratch")),
+        "--key",
+        s(&setup.p("key")),
+        "--chunk-size",
+        "64K",
+    ]);
+    let only_file = |root: &Path| -> PathBuf {
+        let fan = std::fs::read_dir(root.join("chunks"))
+            .unwrap()
+            .next()
+            .unwrap();
+        std::fs::read_dir(fan.unwrap().path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    };
+    let frame = std::fs::read(only_file(&setup.p("scratch"))).unwrap();
+    // The good chunk's name: the SHA-1 of its plaintext.
+    let name = {
+        std::fs::write(setup.p("good.bin"), good).unwrap();
+        let out = Command::new("sha1sum")
+            .arg(setup.p("good.bin"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..40].to_owned()
+    };
+    let target = setup
+        .p("store/chunks")
+        .join(&name[..2])
+        .join(format!("{name}.zst"));
+    assert!(target.exists(), "chunk 4 is {name}");
+    std::fs::write(&target, frame).unwrap();
+
+    let pubkey = setup.p("key.pub");
+    for (which, serve) in SERVERS {
+        let server = serve(&setup.p("store"));
+        let url = format!("{}indexes/disk.img.cidx", server.url);
+        let _ = std::fs::remove_dir_all(setup.p("cache"));
+        let out = setup.cat(&url, &[]);
+        assert!(!out.status.success(), "{which}: wrong content served");
+        assert!(
+            stderr(&out).contains(&name) && stderr(&out).contains("hashes to"),
+            "{which}: {}",
+            stderr(&out)
+        );
+        assert!(
+            out.stdout.len() <= 4 * chunk,
+            "{which}: nothing past chunk 4"
+        );
+        assert!(
+            setup.image.starts_with(&out.stdout),
+            "{which}: a wrong byte"
+        );
+        let out = circ(&[
+            "cas",
+            "verify",
+            &url,
+            "--pubkey",
+            s(&pubkey),
+            "--state-dir",
+            s(&setup.p("state")),
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{which}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("BAD chunk 4 ({name})")),
+            "{which}: {stdout}"
+        );
+    }
+}

@@ -281,3 +281,76 @@ fn nbd_records_a_boot_list_that_a_fresh_host_prefetches() {
         &["read -P 4 196608 4096", "read -P 8 458752 4096"],
     );
 }
+
+#[test]
+fn sigterm_flushes_the_overlay_and_exits_0() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    pack_disk(dir.path());
+    let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
+    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+    let socket = p("nbd.sock");
+    let serve = || {
+        start(&[
+            "cas",
+            "nbd",
+            &url,
+            "--pubkey",
+            s(&p("key.pub")),
+            "--state-dir",
+            s(&p("state")),
+            "--socket",
+            s(&socket),
+            "--overlay",
+            s(&p("disk.ovl")),
+        ])
+    };
+    let (mut nbd, _) = serve();
+
+    // qemu-io stays connected and asks for no flush: only the server's own
+    // stop can make the write's block durable.
+    let mut client = Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .arg(format!("nbd+unix:///?socket={}", socket.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-io runs");
+    let mut input = client.stdin.take().unwrap();
+    writeln!(input, "write -P 0xee 70000 5000").unwrap();
+    input.flush().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("wrote 5000/5000") {
+        let mut line = String::new();
+        assert!(output.read_line(&mut line).unwrap() > 0, "qemu-io: {seen}");
+        seen.push_str(&line);
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &nbd.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = nbd.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "circ cas nbd on SIGTERM: {status}");
+    drop(input);
+    let _ = client.wait();
+
+    // The overlay opened anew holds the write, and the rest as before.
+    let (_nbd, line) = serve();
+    assert!(line.contains("read-write"), "{line}");
+    run_qemu_io(
+        &socket,
+        true,
+        &[
+            "read -P 0xee 70000 5000",
+            "read -P 2 65536 4464",
+            "read -P 2 75000 56072",
+        ],
+    );
+}
