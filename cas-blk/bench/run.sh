@@ -302,7 +302,7 @@ sock_ready() { [[ -S $1 ]]; }
 # Reads the whole image through a cache directory, filling it.
 fill_cache() {
     timeout 300 "$circ" cas cat "http://127.0.0.1:$port/store/indexes/img.cidx" \
-        --pubkey "$work/key.pub" --cache "$1" >/dev/null
+        --pubkey "$work/key.pub" --cache "$1" --state-dir "$work/state" >/dev/null
 }
 log_has() { grep -q "$2" "$1" 2>/dev/null; }
 
@@ -311,7 +311,7 @@ start_circ_nbd() {
     local cache=$1 sock=$work/circ.sock log=$work/circ-nbd.log
     rm -f "$sock"
     timeout 900 "$circ" cas nbd "http://127.0.0.1:$port/store/indexes/img.cidx" --socket "$sock" \
-        --read-only --pubkey "$work/key.pub" --cache "$cache" >"$log" 2>&1 &
+        --read-only --pubkey "$work/key.pub" --cache "$cache" --state-dir "$work/state" >"$log" 2>&1 &
     circ_pid=$!
     pids+=("$circ_pid")
     wait_for 30 "circ cas nbd" log_has "$log" '^serving'

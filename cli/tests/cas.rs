@@ -353,9 +353,11 @@ fn stats_table_and_json() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Starts an HTTP server on a store.
+type Serve = fn(&Path) -> Server;
+
 /// Both HTTP servers the tests run: ours and python's.
-const SERVERS: [(&str, fn(&Path) -> Server); 2] =
-    [("circ cas serve", circ_serve), ("python", python_serve)];
+const SERVERS: [(&str, Serve); 2] = [("circ cas serve", circ_serve), ("python", python_serve)];
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

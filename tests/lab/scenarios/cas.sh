@@ -2,8 +2,11 @@
 # Scenario `cas`: a PV guest's disk is a cas-blk image served over HTTP in
 # dom0, attached through `circ cas nbd` + the kernel's nbd + blkback by the
 # block-circ hotplug script. The guest checks its files; a corrupt chunk
-# gives the guest an I/O error, never wrong data; a new generation is seen
-# after a reboot; the old one only with an explicit rollback.
+# (a broken zstd frame, or a frame that decompresses to other bytes than
+# its name) gives the guest an I/O error, never wrong data; an index is
+# only accepted for the image its URL names; a new generation is seen after
+# a reboot; the old one only with an explicit rollback, the state of which
+# lives in /var/lib/circular/cas, not in the cache.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
@@ -19,6 +22,7 @@ check "loopback is up" ip link set lo up
 # The guest disk: files of known content and the check the guest runs.
 head -c $((12 << 20)) /dev/urandom >"$work/tree/big.bin"
 head -c $((3 << 20)) /dev/urandom >"$work/tree/data.bin"
+head -c $((4 << 20)) /dev/urandom >"$work/tree/more.bin"
 echo "generation one" >"$work/tree/hello.txt"
 cat >"$work/tree/circ-check" <<'SH'
 #!/bin/sh
@@ -113,27 +117,60 @@ check "cas-1 destroyed" xl destroy cas-1
 check "hotplug remove stopped the server and freed the device" \
     sh -c "! ls /run/circular/cas/*.pid 2>/dev/null && [ \"\$(cat /sys/block/nbd0/size)\" = 0 ]"
 
-# --- 2. a corrupt chunk on the server: I/O error, never wrong data ---------
-# A chunk in the middle of big.bin, dropped from the cache so it is fetched.
+# --- 2. corrupt chunks on the server: I/O error, never wrong data ---------
+# A chunk in the middle of big.bin gets bytes of its zstd frame overwritten
+# (it no longer decompresses); one in the middle of more.bin is replaced by
+# a good zstd frame of other bytes (it decompresses, to content whose SHA-1
+# is not its name). Both dropped from the cache so they are fetched.
 chunk_size=$(jq -r '.image_size / .chunks | ceil' "$LAB_OUT/pack-1.json")
 fs_block=$(dumpe2fs -h "$work/img" 2>/dev/null | awk '/^Block size:/ {print $3}')
-block=$(debugfs -R "bmap /big.bin $(((6 << 20) / fs_block))" "$work/img" 2>/dev/null)
-chunk_no=$((block * fs_block / chunk_size))
-chunk_id=$(dd if="$work/img" bs="$chunk_size" skip="$chunk_no" count=1 2>/dev/null | sha1sum | cut -d' ' -f1)
+# chunk_at FILE OFFSET: the number of the chunk holding that byte of FILE.
+chunk_at() {
+    local block
+    block=$(debugfs -R "bmap /$1 $(($2 / fs_block))" "$work/img" 2>/dev/null)
+    echo $((block * fs_block / chunk_size))
+}
+chunk_plain() { dd if="$work/img" bs="$chunk_size" skip="$1" count=1 2>/dev/null; }
+chunk_no=$(chunk_at big.bin $((6 << 20)))
+chunk_id=$(chunk_plain "$chunk_no" | sha1sum | cut -d' ' -f1)
 chunk_file=$(ls "$store/chunks/${chunk_id:0:2}/$chunk_id".* 2>/dev/null | head -1)
 check "big.bin's chunk $chunk_no is in the store ($chunk_id)" test -f "$chunk_file"
 cp "$chunk_file" "$work/chunk.good"
 head -c 4096 /dev/urandom | dd of="$chunk_file" bs=1 seek=100 conv=notrunc 2>/dev/null
+# The other: more.bin's chunk with a few bytes changed, packed on its own
+# (same chunk size, zstd), its frame copied over the good chunk's file.
+wrong_no=$(chunk_at more.bin $((2 << 20)))
+wrong_id=$(chunk_plain "$wrong_no" | sha1sum | cut -d' ' -f1)
+wrong_file=$(ls "$store/chunks/${wrong_id:0:2}/$wrong_id".* 2>/dev/null | head -1)
+check "more.bin's chunk $wrong_no is in the store ($wrong_id)" test -f "$wrong_file"
+cp "$wrong_file" "$work/wrong.good"
+chunk_plain "$wrong_no" >"$work/wrong.plain"
+printf 'not the bytes named by the chunk' | dd of="$work/wrong.plain" bs=1 seek=1000 conv=notrunc 2>/dev/null
+rm -rf "$work/wrong-store"
+check "a frame of other bytes made (pack of the changed chunk)" \
+    circ cas pack "$work/wrong.plain" "$work/wrong-store" --key "$work/key" --name wrong --chunk-size "$chunk_size"
+wrong_frame=$(find "$work/wrong-store/chunks" -type f -name '*.zst' | head -1)
+# Read back through circ (scratch state): the frame decompresses to the
+# changed bytes, whose SHA-1 is not the chunk's name.
+decoded=$(circ cas cat "$work/wrong-store/indexes/wrong.cidx" --pubkey "$work/key.pub" \
+    --state-dir "$work/scratch-state" 2>/dev/null | sha1sum | cut -d' ' -f1)
+check_eq "that frame decompresses to the changed chunk" "$(sha1sum <"$work/wrong.plain" | cut -d' ' -f1)" "$decoded"
+check "whose SHA-1 is not the name $wrong_id" test "$decoded" != "$wrong_id"
+cp "$wrong_frame" "$wrong_file"
 rm -rf "$cache/chunks"
 # The cache is empty again but keeps boot 1's list: this boot prefetches it.
 check "guest cas-2 boots on the corrupted store" boot_guest cas-2 "$url"
 guest_sums cas-2 >"$LAB_OUT/cas-2-guest.txt"
 check "cas-2: big.bin gives an I/O error" grep -qx "error big.bin" "$LAB_OUT/cas-2-guest.txt"
 check "cas-2: no wrong checksum of big.bin" sh -c "! grep -q '^sha1 big.bin' '$LAB_OUT/cas-2-guest.txt'"
+check "cas-2: more.bin (a chunk of wrong content) gives an I/O error" grep -qx "error more.bin" "$LAB_OUT/cas-2-guest.txt"
+check "cas-2: no wrong checksum of more.bin" sh -c "! grep -q '^sha1 more.bin' '$LAB_OUT/cas-2-guest.txt'"
 check_eq "cas-2: the other files read exactly" \
-    "$(grep -v big.bin "$LAB_OUT/cas-sums-1.txt")" "$(grep -v big.bin "$LAB_OUT/cas-2-guest.txt")"
+    "$(grep -v -e big.bin -e more.bin "$LAB_OUT/cas-sums-1.txt")" "$(grep -v -e big.bin -e more.bin "$LAB_OUT/cas-2-guest.txt")"
 check "the NBD server refused the bad chunk" \
     sh -c "grep -h 'NBD request failed' /run/circular/cas/*.log | grep -q $chunk_id"
+check "the NBD server refused the chunk of wrong content (its SHA-1 differs)" \
+    sh -c "grep -h 'NBD request failed' /run/circular/cas/*.log | grep $wrong_id | grep -q 'hashes to'"
 check "cas-2's server prefetched boot 1's list" \
     sh -c "grep -h 'boot prefetch done' /run/circular/cas/*.log | grep -q 'fetched=[1-9]'"
 info "cas: boot prefetch on cas-2" \
@@ -141,6 +178,7 @@ info "cas: boot prefetch on cas-2" \
 cp /run/circular/cas/*.log "$LAB_OUT/" 2>/dev/null
 check "cas-2 destroyed" xl destroy cas-2
 cp "$work/chunk.good" "$chunk_file"
+cp "$work/wrong.good" "$wrong_file"
 
 # --- 3. a new generation ---------------------------------------------------
 cp --sparse=always "$work/img" "$work/img2"
@@ -160,19 +198,34 @@ check "guest cas-3 boots on generation 2" boot_guest cas-3 "$url"
 check_eq "cas-3: guest sees generation 2" "$(cat "$LAB_OUT/cas-sums-2.txt")" "$(guest_sums cas-3)"
 check "cas-3 destroyed" xl destroy cas-3
 
-# --- 4. rollback: refused, then accepted when asked -------------------------
-old=http://127.0.0.1:8080/indexes/img-gen1.cidx
-cfg=$(GUEST_EXTRA_CONFIG=$(disk_line "$old") guest_config cas-4 pv)
+# --- 4. image binding and rollback -----------------------------------------
+# An index is only trusted for the image its URL names: img's generation-1
+# index served as image `img-gen1` is refused.
+check "the anti-rollback state is in /var/lib/circular/cas, not in the cache" \
+    sh -c "[ \"\$(cat /var/lib/circular/cas/generations/img)\" = 2 ] && [ ! -e '$cache/generations' ]"
+other=http://127.0.0.1:8080/indexes/img-gen1.cidx
+cfg=$(GUEST_EXTRA_CONFIG=$(disk_line "$other") guest_config cas-4 pv)
+check "an index for another image than the URL names is refused (xl create fails)" \
+    sh -c "! xl create '$cfg' >>'$LAB_OUT/xl.log' 2>&1"
+check "the hotplug script reported the other image" \
+    grep -q "is for image \`img\`, but image \`img-gen1\` was asked for" /run/circular/cas/*.log
+xl destroy cas-4 >/dev/null 2>&1
+# The mirror goes back to generation 1 at img's own URL: refused, then
+# accepted when asked.
+cp "$store/indexes/img.cidx" "$work/img-gen2.cidx"
+cp "$store/indexes/img-gen1.cidx" "$store/indexes/img.cidx"
+cfg=$(GUEST_EXTRA_CONFIG=$(disk_line "$url") guest_config cas-4 pv)
 check "generation 1 after generation 2 is refused (xl create fails)" \
     sh -c "! xl create '$cfg' >>'$LAB_OUT/xl.log' 2>&1"
 check "the hotplug script reported the refused rollback" \
     grep -q "rollback refused" /run/circular/cas/*.log /var/log/xen/xen-hotplug.log "$LAB_OUT/xl.log"
 xl destroy cas-4 >/dev/null 2>&1
 export CIRC_CAS_ALLOW_ROLLBACK=1
-check "guest cas-5 boots on generation 1 with the rollback allowed" boot_guest cas-5 "$old"
+check "guest cas-5 boots on generation 1 with the rollback allowed" boot_guest cas-5 "$url"
 unset CIRC_CAS_ALLOW_ROLLBACK
 check_eq "cas-5: guest sees generation 1 again" "$(cat "$LAB_OUT/cas-sums-1.txt")" "$(guest_sums cas-5)"
 check "cas-5 destroyed" xl destroy cas-5
+cp "$work/img-gen2.cidx" "$store/indexes/img.cidx"
 
 # --- 5. a writable disk: the guest writes, dom0 commits, the next boot sees it
 # Writes go to the overlay block-circ keeps per guest and disk; the store is
@@ -190,7 +243,13 @@ store_state() { find "$store" -type f -exec sha1sum {} + | sort | sha1sum; }
 store_before=$(store_state)
 check "guest cas-6 boots with a writable cas-blk disk" boot_rw
 check "cas-6 wrote to its disk" grep -q "circ-check: wrote written.txt" "$(console_of cas-6)"
+rw_log=/run/circular/cas/vbd-$(xl domid cas-6)-51712.log
 check "cas-6 destroyed" xl destroy cas-6
+# block-circ remove detaches the nbd device, then sends SIGTERM: the server
+# flushes the overlay and exits 0 (it is not killed).
+check "cas-6's server stopped on SIGTERM with its overlay flushed" \
+    grep -q "NBD server stopped, disk flushed" "$rw_log"
+cp "$rw_log" "$LAB_OUT/cas-6-nbd.log" 2>/dev/null
 check "the guest's writes are in its overlay" test -s "$overlay"
 check_eq "the guest's writes left the store as it was" "$store_before" "$(store_state)"
 check "overlay committed" sh -c "circ cas commit '$overlay' --index '$url' --pubkey '$work/key.pub' --key '$work/key' --store '$store' --json >'$LAB_OUT/commit.json'"
