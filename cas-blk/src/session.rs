@@ -193,25 +193,15 @@ impl Stop {
 
     /// Sleeps up to `duration`; true if stopped (now or before).
     fn sleep(&self, duration: Duration) -> bool {
-        let deadline = Instant::now() + duration;
-        let mut guard = self
+        let guard = self
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            if self.flag.load(Ordering::SeqCst) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            guard = self
-                .changed
-                .wait_timeout(guard, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        let _guard = self
+            .changed
+            .wait_timeout_while(guard, duration, |()| !self.flag.load(Ordering::SeqCst))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.flag.load(Ordering::SeqCst)
     }
 }
 

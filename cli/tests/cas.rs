@@ -103,18 +103,7 @@ impl Setup {
         let setup = Self { dir, image };
         std::fs::write(setup.p("disk.img"), &setup.image).unwrap();
         ok(&["cas", "keygen", "--out", s(&setup.p("key"))]);
-        let out = ok(&[
-            "cas",
-            "pack",
-            s(&setup.p("disk.img")),
-            s(&setup.p("store")),
-            "--key",
-            s(&setup.p("key")),
-            "--chunk-size",
-            "64K",
-            "--compress",
-            compress,
-        ]);
+        let out = setup.pack("disk.img", "store", &["--compress", compress]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("indexes/disk.img.cidx"), "{stdout}");
         assert!(stdout.contains("sha256 "), "{stdout}");
@@ -123,6 +112,38 @@ impl Setup {
 
     fn p(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// `circ cas verify INDEX_URL` with the setup's key and state directory.
+    fn verify(&self, index_url: &str) -> Output {
+        let (pubkey, state) = (self.p("key.pub"), self.p("state"));
+        circ(&[
+            "cas",
+            "verify",
+            index_url,
+            "--pubkey",
+            s(&pubkey),
+            "--state-dir",
+            s(&state),
+        ])
+    }
+
+    /// `circ cas pack` of file `image` into store `store` (both in the
+    /// setup's directory), 64K chunks, with the setup's key.
+    fn pack(&self, image: &str, store: &str, extra: &[&str]) -> Output {
+        let (image, store, key) = (self.p(image), self.p(store), self.p("key"));
+        let mut args = vec![
+            "cas",
+            "pack",
+            s(&image),
+            s(&store),
+            "--key",
+            s(&key),
+            "--chunk-size",
+            "64K",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
     }
 
     fn cat(&self, index_url: &str, extra: &[&str]) -> Output {
@@ -211,17 +232,8 @@ fn verify_reports_a_corrupt_chunk_and_cat_refuses_it() {
     let setup = Setup::new("zstd");
     let server = circ_serve(&setup.p("store"));
     let index_url = format!("{}indexes/disk.img.cidx", server.url);
-    let pubkey = setup.p("key.pub");
-    let state = setup.p("state");
-    ok(&[
-        "cas",
-        "verify",
-        &index_url,
-        "--pubkey",
-        s(&pubkey),
-        "--state-dir",
-        s(&state),
-    ]);
+    let out = setup.verify(&index_url);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // Damage one chunk file in the store.
     let chunk = std::fs::read_dir(setup.p("store/chunks"))
@@ -242,15 +254,7 @@ fn verify_reports_a_corrupt_chunk_and_cat_refuses_it() {
     std::fs::write(&chunk, bytes).unwrap();
     let name = chunk.file_stem().unwrap().to_str().unwrap().to_owned();
 
-    let out = circ(&[
-        "cas",
-        "verify",
-        &index_url,
-        "--pubkey",
-        s(&pubkey),
-        "--state-dir",
-        s(&state),
-    ]);
+    let out = setup.verify(&index_url);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -301,17 +305,7 @@ fn bad_signature_and_rollback_are_refused() {
     let mut changed = setup.image.clone();
     changed[5] ^= 1;
     std::fs::write(setup.p("disk.img"), &changed).unwrap();
-    let out = ok(&[
-        "cas",
-        "pack",
-        s(&setup.p("disk.img")),
-        s(&setup.p("store")),
-        "--key",
-        s(&setup.p("key")),
-        "--chunk-size",
-        "64K",
-        "--json",
-    ]);
+    let out = setup.pack("disk.img", "store", &["--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["generation"], 2);
     assert_eq!(report["new_chunks"], 1, "only the changed chunk is written");
@@ -383,15 +377,7 @@ fn an_index_is_trusted_only_for_the_image_asked_for_with_both_servers() {
         assert!(!out.status.success(), "{which}: cat accepted another image");
         assert!(out.stdout.is_empty(), "{which}");
         assert!(stderr(&out).contains(refusal), "{which}: {}", stderr(&out));
-        let out = circ(&[
-            "cas",
-            "verify",
-            &url,
-            "--pubkey",
-            s(&pubkey),
-            "--state-dir",
-            s(&state),
-        ]);
+        let out = setup.verify(&url);
         assert_eq!(out.status.code(), Some(1), "{which}: {}", stderr(&out));
         assert!(stderr(&out).contains(refusal), "{which}: {}", stderr(&out));
         let out = circ(&[
@@ -443,16 +429,7 @@ fn rollback_state_lives_in_the_state_dir_with_both_servers() {
     let mut changed = setup.image.clone();
     changed[5] ^= 1;
     std::fs::write(setup.p("disk.img"), &changed).unwrap();
-    ok(&[
-        "cas",
-        "pack",
-        s(&setup.p("disk.img")),
-        s(&setup.p("store")),
-        "--key",
-        s(&setup.p("key")),
-        "--chunk-size",
-        "64K",
-    ]);
+    setup.pack("disk.img", "store", &[]);
     let gen2 = std::fs::read(&index_path).unwrap();
     let pubkey = setup.p("key.pub");
     for (k, (which, serve)) in SERVERS.into_iter().enumerate() {
@@ -586,16 +563,7 @@ fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
     let mut wrong = good.to_vec();
     wrong[100] ^= 0xff;
     std::fs::write(setup.p("wrong.bin"), &wrong).unwrap();
-    ok(&[
-        "cas",
-        "pack",
-        s(&setup.p("wrong.bin")),
-        s(&setup.p("scratch")),
-        "--key",
-        s(&setup.p("key")),
-        "--chunk-size",
-        "64K",
-    ]);
+    setup.pack("wrong.bin", "scratch", &[]);
     let only_file = |root: &Path| -> PathBuf {
         let fan = std::fs::read_dir(root.join("chunks"))
             .unwrap()
@@ -625,7 +593,6 @@ fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
     assert!(target.exists(), "chunk 4 is {name}");
     std::fs::write(&target, frame).unwrap();
 
-    let pubkey = setup.p("key.pub");
     for (which, serve) in SERVERS {
         let server = serve(&setup.p("store"));
         let url = format!("{}indexes/disk.img.cidx", server.url);
@@ -645,15 +612,7 @@ fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
             setup.image.starts_with(&out.stdout),
             "{which}: a wrong byte"
         );
-        let out = circ(&[
-            "cas",
-            "verify",
-            &url,
-            "--pubkey",
-            s(&pubkey),
-            "--state-dir",
-            s(&setup.p("state")),
-        ]);
+        let out = setup.verify(&url);
         assert_eq!(out.status.code(), Some(3), "{which}: {}", stderr(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(

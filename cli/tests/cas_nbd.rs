@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{circ, ok, s, start};
+use common::{circ, ok, s, start, KillOnDrop};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,6 +53,20 @@ fn pack_disk(dir: &Path) -> Vec<u8> {
     image
 }
 
+/// Serves `dir/store` with `circ cas serve` on loopback; returns the
+/// server and the URL of image `disk`'s index.
+fn serve_store(dir: &Path) -> (KillOnDrop, String) {
+    let (http, line) = start(&[
+        "cas",
+        "serve",
+        s(&dir.join("store")),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+    (http, url)
+}
+
 #[test]
 fn nbd_write_commit_then_both_generations() {
     let dir = tempfile::tempdir().unwrap();
@@ -60,8 +74,7 @@ fn nbd_write_commit_then_both_generations() {
     let image = pack_disk(dir.path());
     let old_index = p("disk-gen1.cidx");
     std::fs::copy(p("store/indexes/disk.cidx"), &old_index).unwrap();
-    let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
-    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+    let (_http, url) = serve_store(dir.path());
 
     // Settings from a config file, as the hotplug script passes them.
     std::fs::write(
@@ -228,8 +241,7 @@ fn nbd_records_a_boot_list_that_a_fresh_host_prefetches() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| -> PathBuf { dir.path().join(n) };
     pack_disk(dir.path());
-    let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
-    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+    let (_http, url) = serve_store(dir.path());
     let nbd = |cache: &str, socket: &str| {
         start(&[
             "cas",
@@ -290,8 +302,7 @@ fn sigterm_flushes_the_overlay_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| -> PathBuf { dir.path().join(n) };
     pack_disk(dir.path());
-    let (_http, line) = start(&["cas", "serve", s(&p("store")), "--listen", "127.0.0.1:0"]);
-    let url = format!("{}indexes/disk.cidx", line.rsplit(' ').next().unwrap());
+    let (_http, url) = serve_store(dir.path());
     let socket = p("nbd.sock");
     let serve = || {
         start(&[

@@ -18,7 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 
@@ -93,20 +93,11 @@ impl Connections {
 
     /// Waits up to `bound` for every connection to end; true if they did.
     fn wait_empty(&self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        let mut live = self.lock();
-        while !live.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            live = self
-                .ended
-                .wait_timeout(live, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-        true
+        let (_live, waited) = self
+            .ended
+            .wait_timeout_while(self.lock(), bound, |live| !live.is_empty())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !waited.timed_out()
     }
 
     fn shutdown_all(&self, how: Shutdown) -> usize {
