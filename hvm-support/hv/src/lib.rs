@@ -7,11 +7,14 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod evtchn;
 mod foreign;
+mod grant;
 mod hypervisor;
 mod ids;
 pub mod populated;
 pub mod report;
+pub mod ring;
 mod sharing_events;
 mod xenstore;
 
@@ -19,7 +22,9 @@ mod xenstore;
 pub mod fake;
 
 pub use error::{Errno, ErrorKind, HvError};
+pub use evtchn::{EventChannel, EvtchnPort};
 pub use foreign::{ForeignMapping, ForeignMemory, Placement, Protection};
+pub use grant::{GrantCopy, GrantCopyError, GrantMapping, GrantTable};
 pub use hypervisor::{
     pages_to_kib, DomainInfo, DomainState, DomainType, Hypervisor, PhysInfo, SharePage, VcpuRegs,
     VirtCaps, XenVersion,

@@ -32,8 +32,15 @@ struct Domain {
     p2m: BTreeMap<Gfn, FrameId>,
     /// Live foreign mappings per gfn.
     mapped: HashMap<Gfn, u32>,
-    grants: HashMap<GrantRef, Gfn>,
+    grants: HashMap<GrantRef, Grant>,
     vcpus: Vec<VcpuRegs>,
+}
+
+/// A page a domain granted (to dom0: the fake knows no other grantee).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Grant {
+    pub(super) gfn: Gfn,
+    pub(super) readonly: bool,
 }
 
 #[derive(Debug)]
@@ -258,11 +265,46 @@ impl FakeHypervisor {
         }
     }
 
-    /// Let `gref` of `dom` name `gfn` (for `nominate_gref`).
+    /// Let `gref` of `dom` grant `gfn` read-write (for `nominate_gref`
+    /// and the fake grant table).
     pub fn set_grant(&self, dom: DomId, gref: GrantRef, gfn: Gfn) {
+        self.insert_grant(
+            dom,
+            gref,
+            Grant {
+                gfn,
+                readonly: false,
+            },
+        );
+    }
+
+    /// Let `gref` of `dom` grant `gfn` read-only.
+    pub fn set_grant_readonly(&self, dom: DomId, gref: GrantRef, gfn: Gfn) {
+        self.insert_grant(
+            dom,
+            gref,
+            Grant {
+                gfn,
+                readonly: true,
+            },
+        );
+    }
+
+    fn insert_grant(&self, dom: DomId, gref: GrantRef, grant: Grant) {
         if let Some(d) = self.lock().domains.get_mut(&dom) {
-            d.grants.insert(gref, gfn);
+            d.grants.insert(gref, grant);
         }
+    }
+
+    /// What `gref` of `dom` grants: `NotFound` without the domain,
+    /// `InvalidInput` (EINVAL) for a ref it did not grant.
+    pub(super) fn grant(&self, dom: DomId, gref: GrantRef) -> Result<Grant, HvError> {
+        let host = self.lock();
+        host.domain(dom)?
+            .grants
+            .get(&gref)
+            .copied()
+            .ok_or_else(|| os_err(format!("bad grant {gref} of domain {dom}"), libc::EINVAL))
     }
 
     /// `false` models stock Debian Xen: sharing calls fail with ENOSYS.
@@ -407,13 +449,7 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn nominate_gref(&self, dom: DomId, gref: GrantRef) -> Result<SharingHandle, HvError> {
-        let gfn = {
-            let host = self.lock();
-            let d = host.domain(dom)?;
-            *d.grants
-                .get(&gref)
-                .ok_or_else(|| os_err(format!("bad grant {gref}"), libc::EINVAL))?
-        };
+        let gfn = self.grant(dom, gref)?.gfn;
         self.nominate_gfn(dom, gfn)
     }
 

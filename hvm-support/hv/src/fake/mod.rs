@@ -12,11 +12,17 @@
 //! Fakes never block: [`FakeXenStore`]'s `read_watch` fails with `Busy`
 //! when no event is queued.
 
+mod evtchn;
+mod grant_table;
 mod hypervisor;
+mod ring_memory;
 mod sharing_events;
 mod xenstore;
 
+pub use evtchn::{FakeEventChannel, FakeEventChannels};
+pub use grant_table::{FakeGrantMapping, FakeGrantTable};
 pub use hypervisor::{FakeForeignMapping, FakeForeignMemory, FakeHypervisor};
+pub use ring_memory::FakeRingMemory;
 pub use sharing_events::FakeSharingEvents;
 pub use xenstore::FakeXenStore;
 
