@@ -2695,6 +2695,22 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn xengnttab_close(xgt: *mut xengnttab_handle) -> ::core::ffi::c_int;
 }
+unsafe extern "C" {
+    pub fn xengnttab_map_domain_grant_refs(
+        xgt: *mut xengnttab_handle,
+        count: u32,
+        domid: u32,
+        refs: *mut u32,
+        prot: ::core::ffi::c_int,
+    ) -> *mut ::core::ffi::c_void;
+}
+unsafe extern "C" {
+    pub fn xengnttab_unmap(
+        xgt: *mut xengnttab_handle,
+        start_address: *mut ::core::ffi::c_void,
+        count: u32,
+    ) -> ::core::ffi::c_int;
+}
 #[repr(C)]
 #[derive(Copy, Clone)]
 pub struct xengnttab_grant_copy_segment {
