@@ -10,9 +10,14 @@
 //! | [`XenHypervisor`] ([`XenCtrl`] + [`XenForeignMemory`]) | libxenctrl | `Hypervisor` |
 //! | [`XenForeignMemory`] | libxenforeignmemory | `ForeignMemory` |
 //! | [`XenStoreHandle`] | libxenstore | `XenStore` |
-//! | [`GrantTable`] | libxengnttab | - |
-//! | [`EventChannels`] | libxenevtchn | - |
+//! | [`XenGrantTable`] ([`XenGrantMapping`] per ring) | libxengnttab | `GrantTable` (`GrantMapping`, `RingMemory`) |
+//! | [`XenEventChannels`] | libxenevtchn | `EventChannel` |
 //! | [`XenSharingEvents`] ([`SharingRing`] per domain) | libxenctrl + libxenevtchn | `SharingEvents` |
+//!
+//! Shared rings are parsed by `circ_hv::ring`, which is safe code over the
+//! `RingMemory` trait; here it is implemented over mapped pages (atomics
+//! for the indices, volatile copies for the slots, every access
+//! bounds-checked), for grant mappings and for the sharing ring's page.
 
 mod ctrl;
 mod dom0;
@@ -23,15 +28,16 @@ mod foreign;
 mod gnttab;
 mod hypervisor;
 mod logger;
+mod shared;
 mod sharing_ring;
 mod xenstore;
 
 pub use ctrl::XenCtrl;
 pub use dom0::{check_dom0, OpenError};
 pub use domain::{decode_state, decode_type};
-pub use evtchn::{EventChannels, Port};
+pub use evtchn::XenEventChannels;
 pub use foreign::{XenForeignMemory, XenMapping};
-pub use gnttab::{GrantCopy, GrantCopyError, GrantTable};
+pub use gnttab::{XenGrantMapping, XenGrantTable};
 pub use hypervisor::XenHypervisor;
 pub use sharing_ring::{SharingRing, XenSharingEvents};
 pub use xenstore::XenStoreHandle;

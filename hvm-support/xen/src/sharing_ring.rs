@@ -8,40 +8,98 @@
 //! (`xc_memshr_ring_enable`, which returns Xen's event-channel port);
 //! remove the page from the guest's physmap so the guest cannot write it;
 //! unpause. Xen is the ring's front end (it produces requests); we are the
-//! back end, with the index handling of Xen's `io/ring.h` done here.
+//! back end, through `circ_hv::ring`'s [`BackRing`].
 
 use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::os::fd::AsRawFd as _;
-use std::ptr;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::Duration;
 
+use circ_hv::ring::{BackRing, RingEntry, RingError, RingTypes};
 use circ_hv::{
-    Attached, DomId, EnomemRequest, ErrorKind, ForeignMapping as _, ForeignMemory as _, Gfn,
-    HvError, Placement, Protection, SharingEvents, PAGE_SIZE,
+    Attached, DomId, EnomemRequest, ErrorKind, EventChannel as _, EvtchnPort, ForeignMapping as _,
+    ForeignMemory as _, Gfn, HvError, Placement, Protection, SharingEvents, PAGE_SIZE,
 };
 use circ_xen_sys as sys;
 
-use crate::{errno, EventChannels, Port, XenCtrl, XenForeignMemory, XenMapping};
+use crate::shared::{ring_memory_via_pages, SharedPages};
+use crate::{errno, XenCtrl, XenEventChannels, XenForeignMemory, XenMapping};
 
-const ENTRY_SIZE: usize = std::mem::size_of::<sys::vm_event_sring_entry>();
-const RING_OFFSET: usize = std::mem::offset_of!(sys::vm_event_sring, ring);
-/// `__RING_SIZE`: entries that fit after the header, rounded down to a power
-/// of two (8 for 400-byte entries).
-const RING_ENTRIES: u32 = {
-    let n = ((PAGE_SIZE - RING_OFFSET) / ENTRY_SIZE) as u32;
-    1 << (31 - n.leading_zeros())
-};
-
-/// A request consumed from the ring and not yet answered.
-#[derive(Debug, Clone, Copy)]
-struct Open {
-    vcpu: u32,
-    gfn: u64,
+/// The fields of a `vm_event_st` (request and response alike) a sharing
+/// ring uses; the rest of the 400 bytes is zero in our responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VmEvent {
+    version: u32,
     flags: u32,
     reason: u32,
+    vcpu: u32,
+    /// `u.mem_sharing.gfn`.
+    gfn: u64,
 }
+
+const VERSION_AT: usize = std::mem::offset_of!(sys::vm_event_st, version);
+const FLAGS_AT: usize = std::mem::offset_of!(sys::vm_event_st, flags);
+const REASON_AT: usize = std::mem::offset_of!(sys::vm_event_st, reason);
+const VCPU_AT: usize = std::mem::offset_of!(sys::vm_event_st, vcpu_id);
+const GFN_AT: usize =
+    std::mem::offset_of!(sys::vm_event_st, u) + std::mem::offset_of!(sys::vm_event_sharing, gfn);
+
+impl RingEntry for VmEvent {
+    const SIZE: usize = std::mem::size_of::<sys::vm_event_st>();
+
+    fn from_bytes(b: &[u8]) -> Self {
+        let u32_at = |at: usize| {
+            let mut w = [0; 4];
+            w.copy_from_slice(&b[at..at + 4]);
+            u32::from_ne_bytes(w)
+        };
+        let mut gfn = [0; 8];
+        gfn.copy_from_slice(&b[GFN_AT..GFN_AT + 8]);
+        Self {
+            version: u32_at(VERSION_AT),
+            flags: u32_at(FLAGS_AT),
+            reason: u32_at(REASON_AT),
+            vcpu: u32_at(VCPU_AT),
+            gfn: u64::from_ne_bytes(gfn),
+        }
+    }
+
+    fn to_bytes(&self, out: &mut [u8]) {
+        for (at, v) in [
+            (VERSION_AT, self.version),
+            (FLAGS_AT, self.flags),
+            (REASON_AT, self.reason),
+            (VCPU_AT, self.vcpu),
+        ] {
+            out[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        out[GFN_AT..GFN_AT + 8].copy_from_slice(&self.gfn.to_ne_bytes());
+    }
+}
+
+/// `DEFINE_RING_TYPES(vm_event, vm_event_request_t, vm_event_response_t)`.
+#[derive(Debug)]
+struct VmEventRing;
+
+impl RingTypes for VmEventRing {
+    type Request = VmEvent;
+    type Response = VmEvent;
+}
+
+/// The ring page, mapped read-write (checked when made).
+#[derive(Debug)]
+struct RingPage(XenMapping);
+
+impl RingPage {
+    fn pages(&self) -> SharedPages<'_> {
+        // SAFETY: the mapping's one page was mapped read-write without a
+        // per-page error (setup_paused checks both) and stays mapped until
+        // the XenMapping drops, which the borrow of self outlives.
+        unsafe { SharedPages::new(self.0.as_non_null(), PAGE_SIZE) }
+    }
+}
+
+ring_memory_via_pages!(RingPage);
 
 /// One domain's sharing ring, enabled in Xen and mapped here. Dropping it
 /// answers every open request (unpausing its vCPU), then disables the ring.
@@ -49,13 +107,11 @@ struct Open {
 pub struct SharingRing {
     dom: DomId,
     ctrl: XenCtrl,
-    evtchn: EventChannels,
-    port: Port,
-    page: XenMapping,
-    /// Back-ring private indices (`req_cons`, `rsp_prod_pvt`).
-    req_cons: u32,
-    rsp_prod_pvt: u32,
-    open: Vec<Open>,
+    evtchn: XenEventChannels,
+    port: EvtchnPort,
+    ring: BackRing<RingPage, VmEventRing>,
+    /// Requests consumed and not yet answered.
+    open: Vec<VmEvent>,
 }
 
 impl SharingRing {
@@ -63,7 +119,7 @@ impl SharingRing {
     /// helper left enabled had to be replaced.
     pub fn enable(fmem: &XenForeignMemory, dom: DomId) -> Result<(Self, bool), HvError> {
         let ctrl = XenCtrl::open()?;
-        let evtchn = EventChannels::open()?;
+        let evtchn = XenEventChannels::open()?;
         let domid = u32::from(dom.0);
         // SAFETY: plain call on a valid handle.
         let rc = unsafe { sys::xc_domain_pause(ctrl.raw(), domid) };
@@ -74,7 +130,7 @@ impl SharingRing {
         // SAFETY: plain call on a valid handle; undoes the pause above.
         let rc = unsafe { sys::xc_domain_unpause(ctrl.raw(), domid) };
         let unpaused = check(rc, || format!("failed to unpause domain {dom}"));
-        let (page, remote_port, replaced) = match (setup, unpaused) {
+        let (ring, remote_port, replaced) = match (setup, unpaused) {
             (Ok(done), Ok(())) => done,
             (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
         };
@@ -91,21 +147,19 @@ impl SharingRing {
             ctrl,
             evtchn,
             port,
-            page,
-            req_cons: 0,
-            rsp_prod_pvt: 0,
+            ring,
             open: Vec::new(),
         };
         Ok((ring, replaced))
     }
 
-    /// The steps run while the domain is paused. Returns the mapped page,
-    /// Xen's port and whether a stale ring was replaced.
+    /// The steps run while the domain is paused. Returns the ring, Xen's
+    /// port and whether a stale ring was replaced.
     fn setup_paused(
         ctrl: &XenCtrl,
         fmem: &XenForeignMemory,
         dom: DomId,
-    ) -> Result<(XenMapping, Port, bool), HvError> {
+    ) -> Result<(BackRing<RingPage, VmEventRing>, EvtchnPort, bool), HvError> {
         let domid = u32::from(dom.0);
         let mut pfn = 0u64;
         // SAFETY: `pfn` is a valid out-parameter.
@@ -144,7 +198,8 @@ impl SharingRing {
                 ));
             }
         }
-        init_shared_ring(&page);
+        // SHARED_RING_INIT, before Xen uses the ring.
+        let ring = BackRing::init_shared(RingPage(page)).map_err(|e| corrupt(dom, e))?;
 
         let mut remote = 0u32;
         // SAFETY: `remote` is a valid out-parameter.
@@ -177,7 +232,7 @@ impl SharingRing {
             let errno = errno::last();
             tracing::warn!(domid = dom.0, %gfn, %errno, "failed to remove the sharing ring page from the guest's physmap");
         }
-        Ok((page, Port(remote), replaced))
+        Ok((ring, EvtchnPort(remote), replaced))
     }
 
     pub fn dom(&self) -> DomId {
@@ -192,58 +247,29 @@ impl SharingRing {
 
     /// Consume a pending notification and unmask the port.
     pub fn ack(&self) -> Result<(), HvError> {
-        let port = self.evtchn.pending()?;
-        self.evtchn.unmask(port)
-    }
-
-    fn index(&self, field: usize) -> &AtomicU32 {
-        // SAFETY: `field` is the offset of one of the four aligned u32 ring
-        // indices inside the mapped page, which lives as long as `self`;
-        // Xen accesses them concurrently, hence atomics.
-        unsafe { AtomicU32::from_ptr(self.page.as_non_null().as_ptr().add(field).cast()) }
+        match self.evtchn.pending(Duration::ZERO)? {
+            Some(port) => self.evtchn.unmask(port),
+            None => Ok(()),
+        }
     }
 
     /// Every request Xen has produced since the last call (`RING_GET_REQUEST`
     /// up to `req_prod`). Requests that are not memory-sharing requests of
     /// this interface version are answered at once and left out.
     pub fn take_requests(&mut self) -> Result<Vec<EnomemRequest>, HvError> {
-        let req_prod_at = std::mem::offset_of!(sys::vm_event_sring, req_prod);
-        let req_event_at = std::mem::offset_of!(sys::vm_event_sring, req_event);
         let mut got = Vec::new();
         loop {
-            // Acquire pairs with Xen's wmb before it publishes req_prod.
-            let prod = self.index(req_prod_at).load(Ordering::Acquire);
-            let unconsumed = prod.wrapping_sub(self.req_cons);
-            if unconsumed > RING_ENTRIES {
-                return Err(HvError::with_kind(
-                    format!(
-                        "sharing ring of domain {} is corrupt (req_prod {prod}, req_cons {})",
-                        self.dom, self.req_cons
-                    ),
-                    ErrorKind::InvalidInput,
-                    None,
-                ));
-            }
-            if unconsumed == 0 {
-                // RING_FINAL_CHECK_FOR_REQUESTS: ask for a notification
-                // of the next one, then look again (full barrier between).
-                self.index(req_event_at)
-                    .store(self.req_cons.wrapping_add(1), Ordering::SeqCst);
-                fence(Ordering::SeqCst);
-                if self.index(req_prod_at).load(Ordering::Acquire) == self.req_cons {
-                    break;
+            let Some(raw) = self.ring.next_request().map_err(|e| corrupt(self.dom, e))? else {
+                // RING_FINAL_CHECK_FOR_REQUESTS: ask for a notification of
+                // the next one, then look again.
+                if self
+                    .ring
+                    .final_check_for_requests()
+                    .map_err(|e| corrupt(self.dom, e))?
+                {
+                    continue;
                 }
-                continue;
-            }
-            let raw = self.read_entry(self.req_cons);
-            self.req_cons = self.req_cons.wrapping_add(1);
-            // SAFETY: every variant of the union is plain integers.
-            let gfn = unsafe { raw.u.mem_sharing.gfn };
-            let open = Open {
-                vcpu: raw.vcpu_id,
-                gfn,
-                flags: raw.flags,
-                reason: raw.reason,
+                break;
             };
             let paused = raw.flags & sys::VM_EVENT_FLAG_VCPU_PAUSED != 0;
             if raw.version != sys::VM_EVENT_INTERFACE_VERSION
@@ -255,51 +281,31 @@ impl SharingRing {
                     reason = raw.reason,
                     "unexpected request on a sharing ring; answered"
                 );
-                self.respond(&[open])?;
+                self.respond(&[raw])?;
                 continue;
             }
             if paused {
-                self.open.push(open);
+                self.open.push(raw);
             } else {
                 // A foreign writer (e.g. dom0): nothing of this domain
                 // waits, and its vcpu_id is the writer's. Answer at once
                 // so the slot frees; only paused vCPUs stay open.
-                self.respond(&[open])?;
+                self.respond(&[raw])?;
             }
             got.push(EnomemRequest {
                 dom: self.dom,
-                vcpu: raw.vcpu_id,
-                gfn: Gfn(gfn),
+                vcpu: raw.vcpu,
+                gfn: Gfn(raw.gfn),
                 vcpu_paused: paused,
             });
         }
         Ok(got)
     }
 
-    fn entry_ptr(&self, idx: u32) -> *mut sys::vm_event_sring_entry {
-        let slot = (idx & (RING_ENTRIES - 1)) as usize;
-        // SAFETY: RING_OFFSET + (slot + 1) * ENTRY_SIZE <= PAGE_SIZE by the
-        // construction of RING_ENTRIES, so the entry lies inside the page.
-        unsafe {
-            self.page
-                .as_non_null()
-                .as_ptr()
-                .add(RING_OFFSET + slot * ENTRY_SIZE)
-                .cast()
-        }
-    }
-
-    fn read_entry(&self, idx: u32) -> sys::vm_event_request_t {
-        // SAFETY: the entry is inside the mapped page (entry_ptr) and
-        // aligned (the page is, offsets are multiples of 8). Volatile: the
-        // page is shared with Xen; a request slot is not rewritten until we
-        // respond to it, so the copy is consistent.
-        unsafe { ptr::read_volatile(self.entry_ptr(idx).cast::<sys::vm_event_request_t>()) }
-    }
-
     /// Answer the open requests of `vcpu`: Xen unpauses the vCPU.
     pub fn respond_vcpu(&mut self, vcpu: u32) -> Result<(), HvError> {
-        let (mine, rest): (Vec<Open>, Vec<Open>) = self.open.iter().partition(|o| o.vcpu == vcpu);
+        let (mine, rest): (Vec<VmEvent>, Vec<VmEvent>) =
+            self.open.iter().partition(|o| o.vcpu == vcpu);
         if mine.is_empty() {
             return Ok(());
         }
@@ -308,32 +314,21 @@ impl SharingRing {
     }
 
     /// Put one response per request (`RING_PUSH_RESPONSES`) and notify
-    /// Xen, which unpauses the vCPU if the request paused it.
-    fn respond(&mut self, requests: &[Open]) -> Result<(), HvError> {
+    /// Xen, which unpauses the vCPU if the request paused it. Notified
+    /// every time: Xen reads responses when notified (`vm_event_resume`).
+    fn respond(&mut self, requests: &[VmEvent]) -> Result<(), HvError> {
         for o in requests {
-            // SAFETY: plain C struct of integers; all-zero is valid.
-            let mut rsp: sys::vm_event_response_t = unsafe { std::mem::zeroed() };
-            rsp.version = sys::VM_EVENT_INTERFACE_VERSION;
-            rsp.vcpu_id = o.vcpu;
-            rsp.reason = o.reason;
-            rsp.flags = o.flags & sys::VM_EVENT_FLAG_VCPU_PAUSED;
-            rsp.u.mem_sharing.gfn = o.gfn;
-            // A response only ever takes the slot of a request already
-            // consumed: rsp_prod_pvt < req_cons.
-            // SAFETY: inside the page and aligned (see read_entry).
-            unsafe {
-                ptr::write_volatile(
-                    self.entry_ptr(self.rsp_prod_pvt)
-                        .cast::<sys::vm_event_response_t>(),
-                    rsp,
-                );
-            }
-            self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+            let rsp = VmEvent {
+                version: sys::VM_EVENT_INTERFACE_VERSION,
+                flags: o.flags & sys::VM_EVENT_FLAG_VCPU_PAUSED,
+                ..*o
+            };
+            // A response only ever takes the slot of a request consumed.
+            self.ring
+                .push_response(&rsp)
+                .map_err(|e| corrupt(self.dom, e))?;
         }
-        // Release pairs with Xen's rmb after it reads rsp_prod (xen_wmb).
-        let rsp_prod_at = std::mem::offset_of!(sys::vm_event_sring, rsp_prod);
-        self.index(rsp_prod_at)
-            .store(self.rsp_prod_pvt, Ordering::Release);
+        self.ring.push_responses();
         self.evtchn.notify(self.port)
     }
 
@@ -376,24 +371,12 @@ impl Drop for SharingRing {
     }
 }
 
-/// `SHARED_RING_INIT`: indices at 0, event thresholds at 1, padding zeroed.
-/// Done while the domain is paused and before Xen uses the ring.
-fn init_shared_ring(page: &XenMapping) {
-    let header = std::mem::size_of::<sys::vm_event_sring>() - ENTRY_SIZE;
-    let base = page.as_non_null().as_ptr();
-    for i in 0..header {
-        // SAFETY: inside the mapped, writable page; nobody else writes it
-        // until the ring is enabled.
-        unsafe { ptr::write_volatile(base.add(i), 0) };
-    }
-    for field in [
-        std::mem::offset_of!(sys::vm_event_sring, req_event),
-        std::mem::offset_of!(sys::vm_event_sring, rsp_event),
-    ] {
-        // SAFETY: an aligned u32 inside the header.
-        unsafe { ptr::write_volatile(base.add(field).cast::<u32>(), 1) };
-    }
-    fence(Ordering::SeqCst);
+fn corrupt(dom: DomId, e: RingError) -> HvError {
+    HvError::with_kind(
+        format!("sharing ring of domain {dom} is corrupt: {e}"),
+        ErrorKind::InvalidInput,
+        None,
+    )
 }
 
 fn check(rc: c_int, what: impl FnOnce() -> String) -> Result<(), HvError> {
@@ -504,10 +487,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ring_geometry_matches_io_ring_h() {
-        assert_eq!(RING_OFFSET, 64);
-        assert_eq!(ENTRY_SIZE, 400);
-        assert_eq!(RING_ENTRIES, 8);
-        assert!(RING_OFFSET + RING_ENTRIES as usize * ENTRY_SIZE <= PAGE_SIZE);
+    fn ring_geometry_matches_the_vm_event_headers() {
+        use std::mem::{offset_of, size_of};
+
+        use circ_hv::ring::{RingGeometry, HEADER_SIZE};
+        assert_eq!(offset_of!(sys::vm_event_sring, ring), HEADER_SIZE);
+        assert_eq!(
+            [
+                offset_of!(sys::vm_event_sring, req_prod),
+                offset_of!(sys::vm_event_sring, req_event),
+                offset_of!(sys::vm_event_sring, rsp_prod),
+                offset_of!(sys::vm_event_sring, rsp_event),
+            ],
+            [0, 4, 8, 12],
+            "the ring module's index offsets"
+        );
+        assert_eq!(VmEventRing::SLOT_SIZE, 400);
+        assert_eq!(size_of::<sys::vm_event_sring_entry>(), 400);
+        let geometry = RingGeometry::new(PAGE_SIZE, VmEventRing::SLOT_SIZE).unwrap();
+        assert_eq!(geometry.slots(), 8);
+    }
+
+    #[test]
+    fn vm_event_decodes_and_encodes_at_the_c_offsets() {
+        // SAFETY: plain C struct of integers and unions of them; zero is valid.
+        let mut c: sys::vm_event_request_t = unsafe { std::mem::zeroed() };
+        c.version = sys::VM_EVENT_INTERFACE_VERSION;
+        c.flags = sys::VM_EVENT_FLAG_VCPU_PAUSED | 0x100;
+        c.reason = sys::VM_EVENT_REASON_MEM_SHARING;
+        c.vcpu_id = 3;
+        c.altp2m_idx = 0xffff;
+        c.u.mem_sharing.gfn = 0x1234_5678_9abc;
+        c.u.mem_sharing.p2mt = 7;
+        // SAFETY: reading the bytes of a plain, fully initialised struct.
+        let bytes: [u8; 400] = unsafe { std::mem::transmute(c) };
+        let e = VmEvent::from_bytes(&bytes);
+        assert_eq!(
+            e,
+            VmEvent {
+                version: c.version,
+                flags: c.flags,
+                reason: c.reason,
+                vcpu: 3,
+                gfn: 0x1234_5678_9abc,
+            }
+        );
+
+        let mut out = [0u8; 400];
+        e.to_bytes(&mut out);
+        // SAFETY: any 400 bytes are a valid vm_event_st (integers only).
+        let back: sys::vm_event_response_t = unsafe { std::mem::transmute(out) };
+        assert_eq!(
+            (back.version, back.flags, back.reason),
+            (c.version, c.flags, c.reason)
+        );
+        assert_eq!(back.vcpu_id, 3);
+        // SAFETY: reading a union member of plain integers.
+        let (gfn, p2mt) = unsafe { (back.u.mem_sharing.gfn, back.u.mem_sharing.p2mt) };
+        assert_eq!(
+            (gfn, p2mt, back.altp2m_idx),
+            (0x1234_5678_9abc, 0, 0),
+            "the rest stays zero"
+        );
     }
 }
