@@ -6,8 +6,8 @@
 use anyhow::Context as _;
 use circ_cli_support::Exit;
 use circ_hv::report::HostReport;
-use circ_hv::{DomId, Hypervisor as _, Transaction, XenStore as _};
-use circ_xen::{XenHypervisor, XenStoreHandle};
+use circ_hv::{console, DomId, GrantTable as _, Hypervisor as _, Transaction, XenStore as _};
+use circ_xen::{XenGrantTable, XenHypervisor, XenStoreHandle};
 use clap::Subcommand;
 use std::io::Write as _;
 
@@ -36,6 +36,10 @@ pub enum XenCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A guest's recent console output (the last 2 KiB of its console
+    /// ring), read through the page it granted dom0 (grant 0), as
+    /// xenconsoled maps it.
+    Console { domid: u16 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +73,7 @@ pub fn run(cmd: XenCommand) -> anyhow::Result<Exit> {
         XenCommand::Store(cmd) => store(cmd),
         XenCommand::Vcpu { domid, vcpu, json } => vcpu_registers(DomId(domid), vcpu, json),
         XenCommand::Memory { domid, json } => memory(DomId(domid), json),
+        XenCommand::Console { domid } => console(DomId(domid)),
     }?;
     Ok(Exit::Success)
 }
@@ -192,5 +197,15 @@ fn memory(dom: DomId, json: bool) -> anyhow::Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+fn console(dom: DomId) -> anyhow::Result<()> {
+    let page = XenGrantTable::open()?.map_ring(dom, &[console::CONSOLE_GRANT])?;
+    let out =
+        console::recent_output(&page).context("the console page is smaller than its interface")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    stdout.flush()?;
     Ok(())
 }

@@ -43,13 +43,14 @@ functions="$functions|xs_transaction_end|xs_get_domain_path)\$"
 types='^(xc_domaininfo_t|xc_physinfo_t|vcpu_guest_context_any_t|hvm_hw_cpu'
 types="$types|xengnttab_grant_copy_segment_t|xentoollog_logger|xentoollog_level"
 types="$types|xen_extraversion_t|xen_capabilities_info_t|circ_hvm_save_code|xs_watch_type"
-types="$types|vm_event_request_t|vm_event_response_t|vm_event_sring|vm_event_sring_entry)\$"
+types="$types|vm_event_request_t|vm_event_response_t|vm_event_sring|vm_event_sring_entry"
+types="$types|xencons_interface)\$"
 
 vars='^(XEN_DOMINF_.*|XEN_X86_EMU_.*|XENVER_(version|extraversion|capabilities)'
 vars="$vars|XEN_SYSCTL_PHYSCAP_(pv|hvm|hap|shadow)|GNTCOPY_(source|dest)_gref|GNTST_okay"
 vars="$vars|SHUTDOWN_crash|XBT_NULL|XC_PAGE_SHIFT"
 vars="$vars|VM_EVENT_INTERFACE_VERSION|VM_EVENT_FLAG_VCPU_PAUSED|VM_EVENT_REASON_MEM_SHARING"
-vars="$vars|HVM_PARAM_SHARING_RING_PFN)\$"
+vars="$vars|HVM_PARAM_SHARING_RING_PFN|GNTTAB_RESERVED_CONSOLE)\$"
 
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT

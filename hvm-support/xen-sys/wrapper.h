@@ -14,6 +14,8 @@
 #include <xen/hvm/save.h>
 #include <xen/hvm/params.h>
 #include <xen/vm_event.h>
+#include <xen/grant_table.h>
+#include <xen/io/console.h>
 
 /*
  * HVM_SAVE_CODE(x) is a sizeof() trick over a per-type struct, which bindgen

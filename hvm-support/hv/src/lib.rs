@@ -6,6 +6,7 @@
 //! over the real Xen libraries. Nothing here links against Xen.
 #![forbid(unsafe_code)]
 
+pub mod console;
 mod error;
 mod evtchn;
 mod foreign;

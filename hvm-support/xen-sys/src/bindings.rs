@@ -506,6 +506,7 @@ pub const XEN_X86_EMU_PIT: u32 = 256;
 pub const XEN_X86_EMU_USE_PIRQ: u32 = 512;
 pub const XEN_X86_EMU_VPCI: u32 = 1024;
 pub const XEN_X86_EMU_ALL: u32 = 2047;
+pub const GNTTAB_RESERVED_CONSOLE: u32 = 0;
 pub const GNTCOPY_source_gref: u32 = 1;
 pub const GNTCOPY_dest_gref: u32 = 2;
 pub const GNTST_okay: u32 = 0;
@@ -3784,6 +3785,34 @@ const _: () = {
         [::core::mem::offset_of!(vm_event_sring, __pad) - 20usize];
     ["Offset of field: vm_event_sring::ring"]
         [::core::mem::offset_of!(vm_event_sring, ring) - 64usize];
+};
+pub type XENCONS_RING_IDX = u32;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xencons_interface {
+    pub in_: [::core::ffi::c_char; 1024usize],
+    pub out: [::core::ffi::c_char; 2048usize],
+    pub in_cons: XENCONS_RING_IDX,
+    pub in_prod: XENCONS_RING_IDX,
+    pub out_cons: XENCONS_RING_IDX,
+    pub out_prod: XENCONS_RING_IDX,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of xencons_interface"][::core::mem::size_of::<xencons_interface>() - 3088usize];
+    ["Alignment of xencons_interface"][::core::mem::align_of::<xencons_interface>() - 4usize];
+    ["Offset of field: xencons_interface::in_"]
+        [::core::mem::offset_of!(xencons_interface, in_) - 0usize];
+    ["Offset of field: xencons_interface::out"]
+        [::core::mem::offset_of!(xencons_interface, out) - 1024usize];
+    ["Offset of field: xencons_interface::in_cons"]
+        [::core::mem::offset_of!(xencons_interface, in_cons) - 3072usize];
+    ["Offset of field: xencons_interface::in_prod"]
+        [::core::mem::offset_of!(xencons_interface, in_prod) - 3076usize];
+    ["Offset of field: xencons_interface::out_cons"]
+        [::core::mem::offset_of!(xencons_interface, out_cons) - 3080usize];
+    ["Offset of field: xencons_interface::out_prod"]
+        [::core::mem::offset_of!(xencons_interface, out_prod) - 3084usize];
 };
 pub const CIRC_HVM_SAVE_CODE_CPU: circ_hvm_save_code = 2;
 pub type circ_hvm_save_code = ::core::ffi::c_uint;

@@ -192,3 +192,30 @@ impl Drop for XenGrantMapping {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use circ_hv::console;
+
+    use super::*;
+
+    #[test]
+    fn console_layout_matches_the_headers() {
+        assert_eq!(
+            console::CONSOLE_GRANT,
+            GrantRef(sys::GNTTAB_RESERVED_CONSOLE)
+        );
+        assert_eq!(offset_of!(sys::xencons_interface, out), console::OUT_AT);
+        assert_eq!(
+            size_of::<[std::ffi::c_char; console::OUT_SIZE as usize]>(),
+            offset_of!(sys::xencons_interface, in_cons) - console::OUT_AT
+        );
+        assert_eq!(
+            offset_of!(sys::xencons_interface, out_prod),
+            console::OUT_PROD_AT
+        );
+        assert_eq!(size_of::<sys::xencons_interface>(), console::INTERFACE_SIZE);
+    }
+}

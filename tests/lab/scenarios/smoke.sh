@@ -42,6 +42,11 @@ for guest in circ-pv:pv circ-pvh:pvh; do
         "$(circ xen store read "/local/domain/$domid/console/ring-ref")"
     check "$guest kernel reports its guest type" \
         grep -q "circ-guest: up type=${type^^}" "$(guest_console "$guest")"
+    # The console page mapped by grant (circ-xen's grant mapping), as xenconsoled does.
+    check "$guest console ring read through its console grant" \
+        sh -c "circ xen console $domid >'$LAB_OUT/$guest-console-grant.txt'"
+    check "$guest console ring holds its init's line" \
+        grep -aq "circ-guest: up type=${type^^}" "$LAB_OUT/$guest-console-grant.txt"
     circ xen vcpu "$domid" --json >"$LAB_OUT/$guest-vcpu0.json"
     check_json "$guest vCPU 0 context read (rip, cr3 set)" "$LAB_OUT/$guest-vcpu0.json" \
         '.rip != "0x0" and .cr3 != "0x0"'
