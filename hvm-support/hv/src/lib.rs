@@ -1,9 +1,15 @@
 //! The seams between Circular's daemons and the hypervisor.
 //!
 //! Daemons are written against the traits here ([`Hypervisor`], [`XenStore`],
-//! [`ForeignMemory`]) so their logic can be unit-tested with the in-process
-//! fakes in [`fake`] (cargo feature `fake`); `circ-xen` implements the traits
-//! over the real Xen libraries. Nothing here links against Xen.
+//! [`ForeignMemory`], [`SharingEvents`], [`GrantTable`], [`EventChannel`]) so
+//! their logic can be unit-tested with the in-process fakes in [`fake`]
+//! (cargo feature `fake`); `circ-xen` implements the traits over the real Xen
+//! libraries. Nothing here links against Xen.
+//!
+//! Guest-written shared memory is parsed here too, in safe code over the
+//! [`ring::RingMemory`] trait: [`ring`] (Xen's `io/ring.h` rings, for the
+//! sharing vm_event ring and back ends serving a granted ring) and
+//! [`console`] (a guest's console page).
 #![forbid(unsafe_code)]
 
 pub mod console;

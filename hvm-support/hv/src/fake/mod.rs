@@ -8,9 +8,17 @@
 //!   ENOMEM requests and see which vCPUs were resumed.
 //! - [`FakeXenStore`]: nodes, watches (with the initial event), transactions
 //!   that fail with EAGAIN on conflict.
+//! - [`FakeGrantTable`]: the grants set with [`FakeHypervisor::set_grant`]
+//!   (read-write or read-only), mapped as ring pages (a mapping pins the
+//!   page against nominate until dropped) and copied with `GNTST_*` status.
+//! - [`FakeEventChannels`]: ports between fake domains, one
+//!   [`FakeEventChannel`] handle per domain; a fired port is masked until
+//!   unmasked, as with Linux's evtchn driver.
+//! - [`FakeRingMemory`]: a ring's shared memory over a `Vec`, optionally
+//!   confined to the ring (any other access panics).
 //!
 //! Fakes never block: [`FakeXenStore`]'s `read_watch` fails with `Busy`
-//! when no event is queued.
+//! when no event is queued, [`FakeEventChannel`]'s `pending` returns `None`.
 
 mod evtchn;
 mod grant_table;
