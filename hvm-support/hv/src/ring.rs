@@ -236,6 +236,24 @@ impl<M: RingMemory> Shared<M> {
         self.mem.write(self.geometry.slot_offset(idx), &buf);
     }
 
+    /// `RING_FINAL_CHECK_FOR_*`: whether `unconsumed` finds work; if not,
+    /// set the event threshold at `event` to the next index after `cons`
+    /// and look once more (a full barrier between), so an entry published
+    /// meanwhile is not missed.
+    fn final_check(
+        &self,
+        event: usize,
+        cons: u32,
+        unconsumed: impl Fn() -> Result<u32, RingError>,
+    ) -> Result<bool, RingError> {
+        if unconsumed()? > 0 {
+            return Ok(true);
+        }
+        self.store(event, cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        Ok(unconsumed()? > 0)
+    }
+
     /// Publish `new` as our producer index at `prod` (after the entries it
     /// covers), then read the peer's event threshold at `event`: whether
     /// the peer asked to be notified of an index in `(old, new]`
@@ -339,13 +357,8 @@ impl<M: RingMemory, T: RingTypes> BackRing<M, T> {
     /// ask the front end to notify us of the next request (and look once
     /// more, so a request published meanwhile is not missed).
     pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
-        if self.unconsumed_requests()? > 0 {
-            return Ok(true);
-        }
         self.shared
-            .store(REQ_EVENT, self.req_cons.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        Ok(self.unconsumed_requests()? > 0)
+            .final_check(REQ_EVENT, self.req_cons, || self.unconsumed_requests())
     }
 
     /// Put a response in the next slot, not yet visible to the front end
@@ -473,13 +486,8 @@ impl<M: RingMemory, T: RingTypes> FrontRing<M, T> {
 
     /// `RING_FINAL_CHECK_FOR_RESPONSES`.
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
-        if self.unconsumed_responses()? > 0 {
-            return Ok(true);
-        }
         self.shared
-            .store(RSP_EVENT, self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        Ok(self.unconsumed_responses()? > 0)
+            .final_check(RSP_EVENT, self.rsp_cons, || self.unconsumed_responses())
     }
 }
 
