@@ -1,6 +1,11 @@
 //! The attestation key's public half, exchanged as a PEM `PUBLIC KEY`
 //! (SubjectPublicKeyInfo, NIST P-256): what `openssl`, `tpm2_checkquote -u`
-//! and Keylime-style verifiers all read.
+//! and Keylime-style verifiers all read; and the checks of its TPM public
+//! area (`TPMT_PUBLIC`), which says what kind of key the TPM holds.
+//!
+//! The public area comes from the same dom0 as the key and nothing certifies
+//! it (no EK certificate, no credential activation): checking it catches a
+//! misconfigured key, not a lying host.
 
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -8,7 +13,13 @@ use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _, LineEnding};
 use p256::{EncodedPoint, FieldBytes};
 
 use crate::digest::HashAlg;
-use crate::wire::EcdsaSignature;
+use crate::wire::{self, attr, EcdsaSignature, WireError};
+
+/// What an attestation key's public area must say: a TPM-resident
+/// (fixedTPM, fixedParent) restricted signing key, which signs only what the
+/// TPM itself generated, and cannot decrypt.
+pub const AK_REQUIRED: u32 = attr::FIXED_TPM | attr::FIXED_PARENT | attr::RESTRICTED | attr::SIGN;
+pub const AK_FORBIDDEN: u32 = attr::DECRYPT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AkError {
@@ -24,6 +35,17 @@ pub enum AkError {
         "the signature does not verify with this attestation key (another key, or altered data)"
     )]
     BadSignature,
+    #[error("the attestation key's public area is malformed")]
+    PublicArea(#[source] WireError),
+    #[error("the attestation key's public area {problem} (attributes: {attributes})")]
+    Attributes { problem: String, attributes: String },
+    #[error("the attestation key's public area is not an ECDSA-SHA256 key on P-256 (curve {curve:#06x}, scheme {scheme:?})")]
+    Parameters {
+        curve: u16,
+        scheme: Option<(u16, u16)>,
+    },
+    #[error("the key in the public area is not the attestation key given")]
+    KeyMismatch,
 }
 
 /// A P-256 attestation public key.
@@ -41,6 +63,13 @@ impl AkPublic {
             .map_err(|_| AkError::BadPoint)
     }
 
+    /// The key in a marshalled ECC `TPMT_PUBLIC` (its attributes unchecked:
+    /// see [`AkPublic::check_public_area`]).
+    pub fn from_public_area(area: &[u8]) -> Result<Self, AkError> {
+        let area = wire::parse_ecc_public(area).map_err(AkError::PublicArea)?;
+        Self::from_tpm_point(&area.x, &area.y)
+    }
+
     pub fn from_pem(pem: &str) -> Result<Self, AkError> {
         VerifyingKey::from_public_key_pem(pem)
             .map(Self)
@@ -51,6 +80,38 @@ impl AkPublic {
         self.0
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| AkError::BadPem(e.to_string()))
+    }
+
+    /// Checks that `area` (a marshalled `TPMT_PUBLIC`) describes this key as
+    /// an attestation key: see [`AK_REQUIRED`] and [`AK_FORBIDDEN`].
+    pub fn check_public_area(&self, area: &[u8]) -> Result<(), AkError> {
+        let area = wire::parse_ecc_public(area).map_err(AkError::PublicArea)?;
+        let attributes = || attr::names(area.attributes).join("|");
+        let missing = AK_REQUIRED & !area.attributes;
+        if missing != 0 {
+            return Err(AkError::Attributes {
+                problem: format!("lacks {}", attr::names(missing).join(", ")),
+                attributes: attributes(),
+            });
+        }
+        let forbidden = AK_FORBIDDEN & area.attributes;
+        if forbidden != 0 {
+            return Err(AkError::Attributes {
+                problem: format!("has {}", attr::names(forbidden).join(", ")),
+                attributes: attributes(),
+            });
+        }
+        let ecdsa_sha256 = Some((wire::ALG_ECDSA, HashAlg::Sha256.tpm_alg_id()));
+        if area.curve != wire::ECC_NIST_P256 || area.scheme != ecdsa_sha256 {
+            return Err(AkError::Parameters {
+                curve: area.curve,
+                scheme: area.scheme,
+            });
+        }
+        match AkPublic::from_tpm_point(&area.x, &area.y) {
+            Ok(key) if key == *self => Ok(()),
+            _ => Err(AkError::KeyMismatch),
+        }
     }
 
     /// Checks a TPM ECDSA signature over `message` (the marshalled `TPMS_ATTEST`).
@@ -83,6 +144,7 @@ fn pad32(v: &[u8]) -> Option<FieldBytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 
     #[test]
     fn garbage_pem_is_an_error_not_a_panic() {
@@ -93,6 +155,78 @@ mod tests {
         assert!(matches!(
             AkPublic::from_tpm_point(&[1; 32], &[2; 32]),
             Err(AkError::BadPoint)
+        ));
+    }
+
+    fn test_key() -> (AkPublic, Vec<u8>, Vec<u8>) {
+        let secret = p256::SecretKey::from_slice(&[7; 32]).unwrap();
+        let point = secret.public_key().to_encoded_point(false);
+        let (x, y) = (point.x().unwrap().to_vec(), point.y().unwrap().to_vec());
+        (AkPublic::from_tpm_point(&x, &y).unwrap(), x, y)
+    }
+
+    #[test]
+    fn an_ak_public_area_is_accepted() {
+        let (key, x, y) = test_key();
+        let area = wire::tests::ak_area(&x, &y);
+        key.check_public_area(&area.marshal()).unwrap();
+    }
+
+    #[test]
+    fn each_missing_or_forbidden_attribute_is_named() {
+        let (key, x, y) = test_key();
+        for (bit, name) in [
+            (attr::FIXED_TPM, "fixedTPM"),
+            (attr::FIXED_PARENT, "fixedParent"),
+            (attr::RESTRICTED, "restricted"),
+            (attr::SIGN, "sign"),
+        ] {
+            let mut area = wire::tests::ak_area(&x, &y);
+            area.attributes &= !bit;
+            let err = key.check_public_area(&area.marshal()).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("lacks {name}")),
+                "{name}: {err}"
+            );
+        }
+        let mut area = wire::tests::ak_area(&x, &y);
+        area.attributes |= attr::DECRYPT;
+        let err = key.check_public_area(&area.marshal()).unwrap_err();
+        assert!(err.to_string().contains("has decrypt"), "{err}");
+    }
+
+    #[test]
+    fn another_key_curve_or_scheme_is_refused() {
+        let (key, x, y) = test_key();
+        let (_, other_x, other_y) = {
+            let secret = p256::SecretKey::from_slice(&[9; 32]).unwrap();
+            let p = secret.public_key().to_encoded_point(false);
+            (0, p.x().unwrap().to_vec(), p.y().unwrap().to_vec())
+        };
+        let other = wire::tests::ak_area(&other_x, &other_y);
+        assert!(matches!(
+            key.check_public_area(&other.marshal()),
+            Err(AkError::KeyMismatch)
+        ));
+        let mut bad = wire::tests::ak_area(&x, &[0; 32]);
+        assert!(matches!(
+            key.check_public_area(&bad.marshal()),
+            Err(AkError::KeyMismatch)
+        ));
+        bad = wire::tests::ak_area(&x, &y);
+        bad.scheme = Some((wire::ALG_ECDSA, HashAlg::Sha1.tpm_alg_id()));
+        assert!(matches!(
+            key.check_public_area(&bad.marshal()),
+            Err(AkError::Parameters { .. })
+        ));
+        bad.scheme = None;
+        assert!(matches!(
+            key.check_public_area(&bad.marshal()),
+            Err(AkError::Parameters { .. })
+        ));
+        assert!(matches!(
+            key.check_public_area(b"garbage"),
+            Err(AkError::PublicArea(_))
         ));
     }
 

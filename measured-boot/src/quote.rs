@@ -3,9 +3,10 @@
 //!
 //! ```json
 //! {
-//!   "format": "circ-quote/1",
+//!   "format": "circ-quote/2",
 //!   "attest": "<hex TPMS_ATTEST, exactly the bytes the TPM signed>",
 //!   "signature": "<hex TPMT_SIGNATURE>",
+//!   "ak_public": "<hex TPMT_PUBLIC of the attestation key>",
 //!   "pcr_values": { "15": "<hex sha256 PCR value>" },
 //!   "event_log": "<the event log, verbatim>"
 //! }
@@ -13,16 +14,19 @@
 //!
 //! `pcr_values` are read right after the quote and are not signed: a verifier
 //! trusts them only when they hash to the quoted digest, and then uses them to
-//! say which PCR a log fails to replay.
+//! say which PCR a log fails to replay. `ak_public` is not signed either: the
+//! verifier checks that it holds the very key it was given, and what the
+//! TPM says about that key (restricted, fixedTPM, ...).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::pcr::PcrIndex;
 
-pub const FORMAT: &str = "circ-quote/1";
+pub const FORMAT: &str = "circ-quote/2";
 /// Upper bound on a quote file, so a verifier never reads an unbounded document.
 pub const MAX_QUOTE_FILE: u64 = 64 << 20;
 
@@ -34,6 +38,9 @@ pub struct QuoteFile {
     pub attest: Vec<u8>,
     #[serde(with = "hex_bytes")]
     pub signature: Vec<u8>,
+    /// The attestation key's `TPMT_PUBLIC`.
+    #[serde(with = "hex_bytes")]
+    pub ak_public: Vec<u8>,
     #[serde(default)]
     pub pcr_values: BTreeMap<u8, String>,
     pub event_log: String,
@@ -45,10 +52,31 @@ pub enum QuoteFileError {
     Json(#[from] serde_json::Error),
     #[error("unsupported quote format `{0}` (this verifier reads {FORMAT})")]
     Format(String),
+    #[error("the quote file is larger than any quote file ({MAX_QUOTE_FILE} bytes)")]
+    TooLarge,
+    #[error("cannot read the quote file")]
+    Io(#[source] std::io::Error),
+}
+
+/// Reads a quote file from `r`, refusing more than [`MAX_QUOTE_FILE`] bytes
+/// without reading them.
+pub fn read_bounded(r: impl Read) -> Result<Vec<u8>, QuoteFileError> {
+    let mut bytes = Vec::new();
+    r.take(MAX_QUOTE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(QuoteFileError::Io)?;
+    if bytes.len() as u64 > MAX_QUOTE_FILE {
+        return Err(QuoteFileError::TooLarge);
+    }
+    Ok(bytes)
 }
 
 impl QuoteFile {
+    /// Parses a quote file; more than [`MAX_QUOTE_FILE`] bytes are refused.
     pub fn from_json(bytes: &[u8]) -> Result<Self, QuoteFileError> {
+        if bytes.len() as u64 > MAX_QUOTE_FILE {
+            return Err(QuoteFileError::TooLarge);
+        }
         let q: QuoteFile = serde_json::from_slice(bytes)?;
         if q.format != FORMAT {
             return Err(QuoteFileError::Format(q.format.chars().take(40).collect()));
@@ -90,5 +118,26 @@ mod hex_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_files_are_refused_without_being_read_whole() {
+        // A reader that would go on forever: only the bound is read.
+        let endless = std::io::repeat(b' ');
+        assert!(matches!(
+            read_bounded(endless),
+            Err(QuoteFileError::TooLarge)
+        ));
+        let big = vec![b' '; MAX_QUOTE_FILE as usize + 1];
+        assert!(matches!(
+            QuoteFile::from_json(&big),
+            Err(QuoteFileError::TooLarge)
+        ));
+        assert_eq!(read_bounded(&b"{}"[..]).unwrap(), b"{}");
     }
 }

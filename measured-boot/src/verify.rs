@@ -19,6 +19,8 @@ use crate::wire::{self, QuoteInfo, WireError};
 pub enum Failure {
     #[error(transparent)]
     QuoteFile(#[from] QuoteFileError),
+    #[error("the attestation key is not acceptable")]
+    AkPublicArea(#[source] AkError),
     #[error("the quote's signature structure is malformed")]
     MalformedSignature(#[source] WireError),
     #[error("bad signature")]
@@ -63,6 +65,19 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// [`verify`] of a file, read with the size bound. Failing to read it (or
+/// finding it too large) is an error, not a verdict.
+pub fn verify_file(
+    path: &std::path::Path,
+    ak: &AkPublic,
+    nonce: &[u8],
+    policy: Option<&Policy>,
+) -> Result<Outcome, QuoteFileError> {
+    let file = std::fs::File::open(path).map_err(QuoteFileError::Io)?;
+    let bytes = quote::read_bounded(file)?;
+    Ok(verify(&bytes, ak, nonce, policy))
+}
+
 /// Everything verification learned, also when it failed.
 #[derive(Debug)]
 pub struct Outcome {
@@ -73,8 +88,9 @@ pub struct Outcome {
     pub result: Result<(), Failure>,
 }
 
-/// Verifies a quote file (its bytes) against the AK, the nonce the verifier
-/// chose, and optionally a policy.
+/// Verifies a quote file (its bytes; more than
+/// [`MAX_QUOTE_FILE`](crate::quote::MAX_QUOTE_FILE) are refused) against the
+/// AK, the nonce the verifier chose, and optionally a policy.
 pub fn verify(quote_file: &[u8], ak: &AkPublic, nonce: &[u8], policy: Option<&Policy>) -> Outcome {
     let mut outcome = Outcome {
         quote: None,
@@ -95,6 +111,9 @@ fn verify_into(
     let file = QuoteFile::from_json(quote_file)?;
     let sig = wire::parse_signature(&file.signature).map_err(Failure::MalformedSignature)?;
     ak.verify(&file.attest, &sig).map_err(Failure::Signature)?;
+    // Signed by the key the verifier was given; is that key an AK?
+    ak.check_public_area(&file.ak_public)
+        .map_err(Failure::AkPublicArea)?;
     let info = wire::parse_quote_attest(&file.attest).map_err(Failure::MalformedAttest)?;
     out.quote = Some(info.clone());
     if info.extra_data != nonce {

@@ -12,6 +12,51 @@ pub const TPM_GENERATED: u32 = 0xff54_4347;
 pub const ST_ATTEST_QUOTE: u16 = 0x8018;
 /// `TPM_ALG_ECDSA`.
 pub const ALG_ECDSA: u16 = 0x0018;
+/// `TPM_ALG_ECC`: the type of an ECC key's public area.
+pub const ALG_ECC: u16 = 0x0023;
+/// `TPM_ALG_NULL`.
+pub const ALG_NULL: u16 = 0x0010;
+/// `TPM_ECC_NIST_P256`.
+pub const ECC_NIST_P256: u16 = 0x0003;
+/// The largest public area this parser takes: an ECC `TPMT_PUBLIC` is a few
+/// hundred bytes, whatever its policy digest.
+pub const MAX_PUBLIC_AREA: usize = 1024;
+
+/// `TPMA_OBJECT` bits (TPM 2.0 Part 2, 8.3).
+pub mod attr {
+    pub const FIXED_TPM: u32 = 1 << 1;
+    pub const ST_CLEAR: u32 = 1 << 2;
+    pub const FIXED_PARENT: u32 = 1 << 4;
+    pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    pub const USER_WITH_AUTH: u32 = 1 << 6;
+    pub const ADMIN_WITH_POLICY: u32 = 1 << 7;
+    pub const NO_DA: u32 = 1 << 10;
+    pub const ENCRYPTED_DUPLICATION: u32 = 1 << 11;
+    pub const RESTRICTED: u32 = 1 << 16;
+    pub const DECRYPT: u32 = 1 << 17;
+    pub const SIGN: u32 = 1 << 18;
+
+    /// The names of the bits set in `bits`, for messages.
+    pub fn names(bits: u32) -> Vec<&'static str> {
+        [
+            (FIXED_TPM, "fixedTPM"),
+            (ST_CLEAR, "stClear"),
+            (FIXED_PARENT, "fixedParent"),
+            (SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
+            (USER_WITH_AUTH, "userWithAuth"),
+            (ADMIN_WITH_POLICY, "adminWithPolicy"),
+            (NO_DA, "noDA"),
+            (ENCRYPTED_DUPLICATION, "encryptedDuplication"),
+            (RESTRICTED, "restricted"),
+            (DECRYPT, "decrypt"),
+            (SIGN, "sign"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -29,6 +74,12 @@ pub enum WireError {
     UnsupportedSignature(u16),
     #[error("unsupported hash algorithm {0:#06x}")]
     UnsupportedHash(u16),
+    #[error("not an ECC public area (type {0:#06x}; Circular's keys are ECC P-256)")]
+    NotEcc(u16),
+    #[error("unsupported {what} algorithm {alg:#06x} in the public area")]
+    UnsupportedAlg { what: &'static str, alg: u16 },
+    #[error("the public area is {0} bytes, more than any ECC key's ({MAX_PUBLIC_AREA})")]
+    TooLong(usize),
 }
 
 struct Reader<'a> {
@@ -74,6 +125,111 @@ impl<'a> Reader<'a> {
             0 => Ok(()),
             n => Err(WireError::Trailing(n)),
         }
+    }
+}
+
+/// An ECC key's `TPMT_PUBLIC` (TPM 2.0 Part 2, 12.2.4): what a TPM says
+/// about a key it holds. Algorithm identifiers are kept as the TPM's numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EccPublicArea {
+    pub name_alg: u16,
+    /// `TPMA_OBJECT` (see [`attr`]).
+    pub attributes: u32,
+    pub auth_policy: Vec<u8>,
+    /// `TPMT_SYM_DEF_OBJECT`: algorithm, and key bits and mode unless NULL.
+    pub symmetric: (u16, Option<(u16, u16)>),
+    /// `TPMT_ECC_SCHEME`: scheme and its hash, unless NULL.
+    pub scheme: Option<(u16, u16)>,
+    pub curve: u16,
+    /// `TPMT_KDF_SCHEME`: scheme and its hash, unless NULL.
+    pub kdf: Option<(u16, u16)>,
+    /// The public point, big-endian coordinates.
+    pub x: Vec<u8>,
+    pub y: Vec<u8>,
+}
+
+/// ECC schemes whose details are a `TPMS_SCHEME_HASH` (ECDSA, ECDH, SM2,
+/// ECSCHNORR, ECMQV). ECDAA (a hash and a count) is not one of Circular's.
+const ECC_HASH_SCHEMES: [u16; 5] = [ALG_ECDSA, 0x0019, 0x001B, 0x001C, 0x001D];
+
+/// Unmarshals an ECC `TPMT_PUBLIC` (the contents of a `TPM2B_PUBLIC`).
+pub fn parse_ecc_public(bytes: &[u8]) -> Result<EccPublicArea, WireError> {
+    if bytes.len() > MAX_PUBLIC_AREA {
+        return Err(WireError::TooLong(bytes.len()));
+    }
+    let mut r = Reader { buf: bytes };
+    let kind = r.u16("type")?;
+    if kind != ALG_ECC {
+        return Err(WireError::NotEcc(kind));
+    }
+    let name_alg = r.u16("nameAlg")?;
+    let attributes = r.u32("objectAttributes")?;
+    let auth_policy = r.sized("authPolicy")?.to_vec();
+    let sym_alg = r.u16("symmetric")?;
+    let symmetric = match sym_alg {
+        ALG_NULL => (sym_alg, None),
+        alg => (alg, Some((r.u16("symmetric")?, r.u16("symmetric")?))),
+    };
+    let scheme = match r.u16("scheme")? {
+        ALG_NULL => None,
+        alg if ECC_HASH_SCHEMES.contains(&alg) => Some((alg, r.u16("scheme")?)),
+        alg => {
+            return Err(WireError::UnsupportedAlg {
+                what: "scheme",
+                alg,
+            })
+        }
+    };
+    let curve = r.u16("curveID")?;
+    let kdf = match r.u16("kdf")? {
+        ALG_NULL => None,
+        alg => Some((alg, r.u16("kdf")?)),
+    };
+    let x = r.sized("unique.x")?.to_vec();
+    let y = r.sized("unique.y")?.to_vec();
+    r.end()?;
+    Ok(EccPublicArea {
+        name_alg,
+        attributes,
+        auth_policy,
+        symmetric,
+        scheme,
+        curve,
+        kdf,
+        x,
+        y,
+    })
+}
+
+impl EccPublicArea {
+    /// Marshals it back (for tests and the fake TPM). Fields longer than a
+    /// `TPM2B` can hold are cut to 65535 bytes.
+    pub fn marshal(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [ALG_ECC, self.name_alg] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&self.attributes.to_be_bytes());
+        put_sized(&mut out, &self.auth_policy);
+        let mut u16s = vec![self.symmetric.0];
+        if let Some((bits, mode)) = self.symmetric.1 {
+            u16s.extend([bits, mode]);
+        }
+        match self.scheme {
+            None => u16s.push(ALG_NULL),
+            Some((alg, hash)) => u16s.extend([alg, hash]),
+        }
+        u16s.push(self.curve);
+        match self.kdf {
+            None => u16s.push(ALG_NULL),
+            Some((alg, hash)) => u16s.extend([alg, hash]),
+        }
+        for v in u16s {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        put_sized(&mut out, &self.x);
+        put_sized(&mut out, &self.y);
+        out
     }
 }
 
@@ -138,12 +294,56 @@ pub fn parse_quote_attest(bytes: &[u8]) -> Result<QuoteInfo, WireError> {
     })
 }
 
+/// Marshals a quote's `TPMS_ATTEST` (for the fake TPM and tests), with
+/// `qualified_signer` as the signer's name and the clock marked safe.
+/// Fields longer than a `TPM2B` can hold are cut.
+pub fn marshal_quote_attest(info: &QuoteInfo, qualified_signer: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&TPM_GENERATED.to_be_bytes());
+    v.extend_from_slice(&ST_ATTEST_QUOTE.to_be_bytes());
+    put_sized(&mut v, qualified_signer);
+    put_sized(&mut v, &info.extra_data);
+    v.extend_from_slice(&info.clock.to_be_bytes());
+    v.extend_from_slice(&info.reset_count.to_be_bytes());
+    v.extend_from_slice(&info.restart_count.to_be_bytes());
+    v.push(1); // safe
+    v.extend_from_slice(&info.firmware_version.to_be_bytes());
+    v.extend_from_slice(&(info.selection.len() as u32).to_be_bytes());
+    for (alg, set) in &info.selection {
+        v.extend_from_slice(&alg.tpm_alg_id().to_be_bytes());
+        let map = set.to_select_bitmap();
+        v.push(map.len() as u8);
+        v.extend_from_slice(&map);
+    }
+    put_sized(&mut v, &info.pcr_digest);
+    v
+}
+
+/// Appends a `TPM2B`: a u16 size and the bytes (cut to 65535).
+fn put_sized(out: &mut Vec<u8>, v: &[u8]) {
+    let v = v.get(..usize::from(u16::MAX)).unwrap_or(v);
+    out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    out.extend_from_slice(v);
+}
+
 /// An ECDSA `TPMT_SIGNATURE`: its hash and the big-endian `r` and `s`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcdsaSignature {
     pub hash: HashAlg,
     pub r: Vec<u8>,
     pub s: Vec<u8>,
+}
+
+impl EcdsaSignature {
+    /// Marshals it (for the fake TPM and tests).
+    pub fn marshal(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&ALG_ECDSA.to_be_bytes());
+        v.extend_from_slice(&self.hash.tpm_alg_id().to_be_bytes());
+        put_sized(&mut v, &self.r);
+        put_sized(&mut v, &self.s);
+        v
+    }
 }
 
 pub fn parse_signature(bytes: &[u8]) -> Result<EcdsaSignature, WireError> {
@@ -204,6 +404,102 @@ pub(crate) mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(parse_quote_attest(&long), Err(WireError::Trailing(1)));
+    }
+
+    /// A public area like the one Circular's AK template gives.
+    pub(crate) fn ak_area(x: &[u8], y: &[u8]) -> EccPublicArea {
+        EccPublicArea {
+            name_alg: 0x000B,
+            attributes: attr::FIXED_TPM
+                | attr::FIXED_PARENT
+                | attr::SENSITIVE_DATA_ORIGIN
+                | attr::USER_WITH_AUTH
+                | attr::NO_DA
+                | attr::RESTRICTED
+                | attr::SIGN,
+            auth_policy: Vec::new(),
+            symmetric: (ALG_NULL, None),
+            scheme: Some((ALG_ECDSA, 0x000B)),
+            curve: ECC_NIST_P256,
+            kdf: None,
+            x: x.to_vec(),
+            y: y.to_vec(),
+        }
+    }
+
+    #[test]
+    fn public_area_round_trips_and_rejects_every_truncation() {
+        let area = ak_area(&[1; 32], &[2; 32]);
+        let bytes = area.marshal();
+        assert_eq!(parse_ecc_public(&bytes), Ok(area.clone()));
+        for cut in 0..bytes.len() {
+            assert!(parse_ecc_public(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(parse_ecc_public(&long), Err(WireError::Trailing(1)));
+
+        // A storage key's parameters (AES-128-CFB, no scheme, a KDF).
+        let mut parent = area.clone();
+        parent.symmetric = (0x0006, Some((128, 0x0043)));
+        parent.scheme = None;
+        parent.kdf = Some((0x0020, 0x000B));
+        assert_eq!(parse_ecc_public(&parent.marshal()), Ok(parent));
+        // ECDAA (its details hold a count too) is not one of ours.
+        let mut daa = area;
+        daa.scheme = Some((0x001A, 0x000B));
+        assert_eq!(
+            parse_ecc_public(&daa.marshal()),
+            Err(WireError::UnsupportedAlg {
+                what: "scheme",
+                alg: 0x001A
+            })
+        );
+    }
+
+    #[test]
+    fn hostile_public_areas_are_errors() {
+        // An RSA key's type.
+        assert_eq!(
+            parse_ecc_public(&[0, 1, 0, 0x0b]),
+            Err(WireError::NotEcc(1))
+        );
+        // A size field that points past the end.
+        let mut bytes = ak_area(&[1; 32], &[2; 32]).marshal();
+        let n = bytes.len();
+        bytes[n - 34] = 0xff;
+        assert!(matches!(
+            parse_ecc_public(&bytes),
+            Err(WireError::Truncated { .. })
+        ));
+        // An unknown scheme, and an oversized area.
+        let mut bytes = ak_area(&[], &[]).marshal();
+        bytes[12] = 0x77; // the scheme, after a 0-byte policy and a NULL symmetric
+        assert!(matches!(
+            parse_ecc_public(&bytes),
+            Err(WireError::UnsupportedAlg { what: "scheme", .. })
+        ));
+        assert_eq!(
+            parse_ecc_public(&vec![0; MAX_PUBLIC_AREA + 1]),
+            Err(WireError::TooLong(MAX_PUBLIC_AREA + 1))
+        );
+        assert_eq!(
+            attr::names(attr::RESTRICTED | attr::SIGN),
+            ["restricted", "sign"]
+        );
+    }
+
+    #[test]
+    fn marshalled_quotes_and_signatures_parse_back() {
+        let info = parse_quote_attest(&attest_bytes(b"nonce", &[9; 32])).unwrap();
+        let bytes = marshal_quote_attest(&info, &[0xaa, 0xbb]);
+        assert_eq!(bytes, attest_bytes(b"nonce", &[9; 32]));
+        let sig = EcdsaSignature {
+            hash: HashAlg::Sha256,
+            r: vec![1; 32],
+            s: vec![2; 31],
+        };
+        assert_eq!(parse_signature(&sig.marshal()), Ok(sig));
     }
 
     #[test]

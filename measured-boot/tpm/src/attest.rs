@@ -41,6 +41,7 @@ pub fn quote(
         format: FORMAT.into(),
         attest: raw.attest,
         signature: raw.signature,
+        ak_public: ak.public.clone(),
         pcr_values: values
             .into_iter()
             .map(|(p, v)| (p.get(), hex::encode(v)))

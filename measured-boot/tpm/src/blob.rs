@@ -110,7 +110,7 @@ impl AkBlob {
 
     /// The key a verifier checks quotes with.
     pub fn public_key(&self) -> Result<AkPublic, BlobError> {
-        crate::esapi::ecc_public_key(&self.public)
+        AkPublic::from_public_area(&self.public).map_err(|e| BlobError::NotEcc(e.to_string()))
     }
 }
 

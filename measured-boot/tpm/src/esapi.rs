@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::convert::TryFrom;
 use std::str::FromStr;
 
-use circ_measured_boot::akpub::AkPublic;
 use circ_measured_boot::{Digests, HashAlg, PcrIndex, PcrSet};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
@@ -224,19 +223,6 @@ fn selection(pcrs: &PcrSet) -> Result<PcrSelectionList, TpmError> {
         .with_selection(HashingAlgorithm::Sha256, &slots)
         .build()
         .map_err(cmd("PCR selection"))
-}
-
-/// The P-256 point of a marshalled `TPMT_PUBLIC`.
-pub(crate) fn ecc_public_key(public: &[u8]) -> Result<AkPublic, BlobError> {
-    let public =
-        Public::unmarshall(public).map_err(|e| BlobError::NotEcc(format!("unmarshal: {e}")))?;
-    match public {
-        Public::Ecc { unique, .. } => {
-            AkPublic::from_tpm_point(unique.x().value(), unique.y().value())
-                .map_err(|e| BlobError::NotEcc(e.to_string()))
-        }
-        _ => Err(BlobError::NotEcc("not an ECC key".into())),
-    }
 }
 
 impl Tpm for EsapiTpm {
