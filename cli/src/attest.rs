@@ -7,14 +7,14 @@ use anyhow::{bail, Context as _};
 use circ_cli_support::Exit;
 use circ_measured_boot::akpub::AkPublic;
 use circ_measured_boot::eventlog;
+use circ_measured_boot::measurements;
 use circ_measured_boot::policy::Policy;
-use circ_measured_boot::quote::MAX_QUOTE_FILE;
 use circ_measured_boot::verify::{self, Verdict};
 use circ_measured_boot::{EventKind, PcrSet};
-use circ_tpm::{attest, AkBlob, Tpm as _};
+use circ_tpm::{attest, AkBlob, EsapiTpm, Tpm as _};
 use clap::Subcommand;
 
-use crate::measure::{domain_measurements, file_measurement};
+use crate::measure::served_index;
 use crate::tpm::{parse_pcrs, write_new, LogArgs, TpmArgs};
 
 /// The AK blob's name in the state directory.
@@ -80,7 +80,7 @@ pub enum AttestCommand {
 pub fn run(cmd: AttestCommand) -> anyhow::Result<Exit> {
     match cmd {
         AttestCommand::Ak { tpm, out, new } => {
-            let blob_path = tpm.state_dir()?.join(AK_BLOB);
+            let blob_path = tpm.config(&LogArgs::default())?.state_dir.join(AK_BLOB);
             let ak = if blob_path.exists() && !new {
                 read_ak(&blob_path)?
             } else {
@@ -103,10 +103,10 @@ pub fn run(cmd: AttestCommand) -> anyhow::Result<Exit> {
             pcrs,
         } => {
             let nonce = parse_nonce(&nonce)?;
-            let ak = read_ak(&tpm.state_dir()?.join(AK_BLOB))?;
-            let log_path = tpm.log_path(&log)?;
-            let (bytes, _) = eventlog::read(&log_path)?;
-            let mut dev = tpm.open()?;
+            let config = tpm.config(&log)?;
+            let ak = read_ak(&config.state_dir.join(AK_BLOB))?;
+            let (bytes, _) = eventlog::read(&config.log)?;
+            let mut dev = EsapiTpm::open(&config.tcti)?;
             let quote = attest::quote(&mut dev, &ak, &nonce, &bytes, &pcrs.unwrap_or_default())?;
             write_new(&out, quote.to_json()?.as_bytes())?;
         }
@@ -128,13 +128,14 @@ pub fn run(cmd: AttestCommand) -> anyhow::Result<Exit> {
             };
             let pcr = circ_measured_boot::pcr::FILE_PCR;
             for f in &files {
-                let m = file_measurement(f, pcr, EventKind::File, None, None)?;
+                let m = measurements::of_file(f, pcr, EventKind::File, None, None)?;
                 if let Some(path) = &m.path {
                     policy.allow_file(path, m.digests.sha256);
                 }
             }
             for cfg in &domain_configs {
-                for m in domain_measurements(cfg, circ_measured_boot::pcr::DOMAIN_PCR)? {
+                let pcr = circ_measured_boot::pcr::DOMAIN_PCR;
+                for m in measurements::of_domain(cfg, pcr, &mut served_index)? {
                     if let Some(path) = &m.path {
                         policy.allow_file(path, m.digests.sha256);
                     }
@@ -151,17 +152,8 @@ fn verify_cmd(file: &Path, ak: &Path, nonce: &str, policy: Option<&Path>) -> any
     let pem = std::fs::read_to_string(ak).with_context(|| format!("reading {}", ak.display()))?;
     let ak = AkPublic::from_pem(&pem)?;
     let policy = policy.map(read_policy).transpose()?;
-    let len = std::fs::metadata(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    if len > MAX_QUOTE_FILE {
-        bail!(
-            "{} is {len} bytes, larger than any quote file ({MAX_QUOTE_FILE})",
-            file.display()
-        );
-    }
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let outcome = verify::verify(&bytes, &ak, &nonce, policy.as_ref());
+    let outcome = verify::verify_file(file, &ak, &nonce, policy.as_ref())
+        .with_context(|| format!("reading {}", file.display()))?;
     if let Some(q) = &outcome.quote {
         let pcrs: Vec<String> = q
             .selection

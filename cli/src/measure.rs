@@ -5,16 +5,15 @@
 //! circ measure domain /etc/xen/web1.cfg && xl create /etc/xen/web1.cfg
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
 use circ_cli_support::Exit;
+use circ_measured_boot::measurements::{self, ServedIndex, SourceError};
 use circ_measured_boot::pcr::{DOMAIN_PCR, FILE_PCR};
 use circ_measured_boot::replay::Replay;
-use circ_measured_boot::{
-    eventlog, xlcfg, Digests, EventKind, EventLog, HashAlg, Measurement, PcrIndex,
-};
-use circ_tpm::measure;
+use circ_measured_boot::xlcfg::ServedDisk;
+use circ_measured_boot::{eventlog, EventKind, EventLog, HashAlg, PcrIndex};
+use circ_tpm::{measure, EsapiTpm};
 use clap::Subcommand;
 
 use crate::tpm::{parse_pcr, LogArgs, TpmArgs};
@@ -69,10 +68,10 @@ pub fn run(cmd: MeasureCommand) -> anyhow::Result<Exit> {
             pcr,
             description,
         } => {
-            let log_path = tpm.log_path(&log)?;
-            let m = file_measurement(&path, pcr, EventKind::File, None, description)?;
-            let mut dev = tpm.open()?;
-            let mut log = EventLog::open(&log_path)?;
+            let config = tpm.config(&log)?;
+            let m = measurements::of_file(&path, pcr, EventKind::File, None, description)?;
+            let mut dev = EsapiTpm::open(&config.tcti)?;
+            let mut log = EventLog::open(&config.log)?;
             let event = measure::record(&mut dev, &mut log, m)?;
             println!("{event}");
         }
@@ -82,10 +81,10 @@ pub fn run(cmd: MeasureCommand) -> anyhow::Result<Exit> {
             xl_cfg,
             pcr,
         } => {
-            let log_path = tpm.log_path(&log)?;
-            let plan = domain_measurements(&xl_cfg, pcr)?;
-            let mut dev = tpm.open()?;
-            let mut log = EventLog::open(&log_path)?;
+            let config = tpm.config(&log)?;
+            let plan = measurements::of_domain(&xl_cfg, pcr, &mut served_index)?;
+            let mut dev = EsapiTpm::open(&config.tcti)?;
+            let mut log = EventLog::open(&config.log)?;
             for m in plan {
                 let event = measure::record(&mut dev, &mut log, m)?;
                 println!("{event}");
@@ -115,77 +114,11 @@ pub fn run(cmd: MeasureCommand) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Hashes a file, recording its canonical path (what a policy names).
-pub fn file_measurement(
-    path: &Path,
-    pcr: PcrIndex,
-    kind: EventKind,
-    domain: Option<&str>,
-    description: Option<String>,
-) -> anyhow::Result<Measurement> {
-    let canonical =
-        xlcfg::resolve(path).with_context(|| format!("measuring {}", path.display()))?;
-    let Some(name) = canonical.to_str() else {
-        bail!(
-            "{} is not UTF-8; the event log records paths as text",
-            canonical.display()
-        );
-    };
-    let file = std::fs::File::open(&canonical).with_context(|| format!("opening {name}"))?;
-    let digests = Digests::of_reader(file, false).with_context(|| format!("reading {name}"))?;
-    Ok(Measurement {
-        pcr,
-        kind,
-        digests,
-        domain: domain.map(str::to_owned),
-        path: Some(name.to_owned()),
-        description,
-    })
-}
-
-/// Everything `circ measure domain` measures, hashed before anything is logged
-/// so a missing file fails the command without a partial measurement.
-pub fn domain_measurements(xl_cfg: &Path, pcr: PcrIndex) -> anyhow::Result<Vec<Measurement>> {
-    let text =
-        std::fs::read_to_string(xl_cfg).with_context(|| format!("reading {}", xl_cfg.display()))?;
-    let plan = xlcfg::plan(&text).with_context(|| format!("parsing {}", xl_cfg.display()))?;
-    let name = plan.name.as_str();
-    if plan.guest_chooses_kernel {
-        tracing::warn!(domain = name, "the guest chooses its own kernel: only its configuration and disk indexes are measured");
-    }
-    let mut out = vec![file_measurement(
-        xl_cfg,
-        pcr,
-        EventKind::DomainConfig,
-        Some(name),
-        None,
-    )?];
-    if let Some(k) = &plan.kernel {
-        out.push(file_measurement(
-            k,
-            pcr,
-            EventKind::DomainKernel,
-            Some(name),
-            None,
-        )?);
-    }
-    if let Some(r) = &plan.ramdisk {
-        out.push(file_measurement(
-            r,
-            pcr,
-            EventKind::DomainRamdisk,
-            Some(name),
-            None,
-        )?);
-    }
-    for idx in &plan.cas_indexes {
-        out.push(file_measurement(
-            idx,
-            pcr,
-            EventKind::DomainCasIndex,
-            Some(name),
-            None,
-        )?);
-    }
-    Ok(out)
+/// The index `block-circ` will serve for a disk.
+pub fn served_index(_domain: &str, disk: &ServedDisk) -> Result<ServedIndex, SourceError> {
+    Err(format!(
+        "measuring the index block-circ serves from {} is not supported yet",
+        disk.target
+    )
+    .into())
 }

@@ -1,10 +1,7 @@
 //! `circ tpm ...`: sealing secrets to PCRs, and the TPM options every
-//! TPM-using command shares (`--tcti`, `--log`, `--state-dir`).
-//!
-//! Each option comes from, in increasing priority: built-in default, the TOML
-//! config (`/etc/circular/tpm.toml`, or `--tpm-config`), the environment, the flag.
-//! The default TCTI is `device:/dev/tpmrm0` (the kernel's resource manager,
-//! which several programs can share) when it exists, else `device:/dev/tpm0`.
+//! TPM-using command shares (`--tcti`, `--log`, `--state-dir`). Their
+//! resolution (default < `/etc/circular/tpm.toml` < environment < flag) is
+//! `circ_tpm::config`'s.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,104 +9,60 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use circ_cli_support::Exit;
 use circ_measured_boot::{PcrIndex, PcrSet};
+use circ_tpm::config::{TpmConfig, TpmSettings};
 use circ_tpm::{EsapiTpm, SealedBlob, Secret, Tpm as _};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
-
-const CONFIG_PATH: &str = "/etc/circular/tpm.toml";
-const DEFAULT_LOG: &str = "/var/lib/circular/measurements.log";
-const DEFAULT_STATE_DIR: &str = "/var/lib/circular";
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TpmConfig {
-    tcti: Option<String>,
-    log: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-}
 
 /// Options of every command that talks to the TPM.
 #[derive(Debug, Args)]
 pub struct TpmArgs {
-    /// TPM access (TCTI), e.g. `device:/dev/tpm0` or `swtpm:host=127.0.0.1,port=2321`.
-    #[arg(long, env = "CIRC_TPM_TCTI")]
+    /// TPM access (TCTI), e.g. `device:/dev/tpm0` or `swtpm:host=127.0.0.1,port=2321`
+    /// [env: CIRC_TPM_TCTI] [default: device:/dev/tpmrm0 if present, else device:/dev/tpm0].
+    #[arg(long)]
     tcti: Option<String>,
-    /// Configuration file (default /etc/circular/tpm.toml, if present).
-    #[arg(long, env = "CIRC_TPM_CONFIG")]
+    /// Configuration file [env: CIRC_TPM_CONFIG] [default: /etc/circular/tpm.toml, if present].
+    #[arg(long)]
     tpm_config: Option<PathBuf>,
-    /// Directory holding the attestation key blob (default /var/lib/circular).
-    #[arg(long, env = "CIRC_STATE_DIR")]
+    /// Directory holding the attestation key blob [env: CIRC_STATE_DIR] [default: /var/lib/circular].
+    #[arg(long)]
     state_dir: Option<PathBuf>,
 }
 
 /// The event log option.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct LogArgs {
-    /// The measurement event log (default /var/lib/circular/measurements.log).
-    #[arg(long = "log", visible_alias = "event-log", env = "CIRC_MEASURE_LOG")]
+    /// The measurement event log [env: CIRC_MEASURE_LOG] [default: /var/lib/circular/measurements.log].
+    #[arg(long = "log", visible_alias = "event-log")]
     event_log: Option<PathBuf>,
 }
 
-fn load_config(explicit: Option<&Path>) -> anyhow::Result<TpmConfig> {
-    let path = explicit.unwrap_or(Path::new(CONFIG_PATH));
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-            Ok(TpmConfig::default())
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 impl TpmArgs {
-    fn config(&self) -> anyhow::Result<TpmConfig> {
-        load_config(self.tpm_config.as_deref())
+    /// The settings to use, with `log`'s flag.
+    pub fn config(&self, log: &LogArgs) -> anyhow::Result<TpmConfig> {
+        let flags = TpmSettings {
+            tcti: self.tcti.clone(),
+            log: log.event_log.clone(),
+            state_dir: self.state_dir.clone(),
+        };
+        Ok(TpmConfig::load(self.tpm_config.as_deref(), flags)?)
     }
 
-    pub fn tcti(&self) -> anyhow::Result<String> {
-        if let Some(t) = &self.tcti {
-            return Ok(t.clone());
-        }
-        if let Some(t) = self.config()?.tcti {
-            return Ok(t);
-        }
-        Ok(if Path::new("/dev/tpmrm0").exists() {
-            "device:/dev/tpmrm0".into()
-        } else {
-            "device:/dev/tpm0".into()
-        })
-    }
-
+    /// Opens the configured TPM (for commands that use no event log).
     pub fn open(&self) -> anyhow::Result<EsapiTpm> {
-        let tcti = self.tcti()?;
-        Ok(EsapiTpm::open(&tcti)?)
-    }
-
-    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
-        if let Some(d) = &self.state_dir {
-            return Ok(d.clone());
-        }
-        Ok(self
-            .config()?
-            .state_dir
-            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()))
-    }
-
-    pub fn log_path(&self, log: &LogArgs) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &log.event_log {
-            return Ok(p.clone());
-        }
-        Ok(self.config()?.log.unwrap_or_else(|| DEFAULT_LOG.into()))
+        Ok(EsapiTpm::open(&self.config(&LogArgs::default())?.tcti)?)
     }
 }
 
 impl LogArgs {
-    /// For commands without a TPM: the flag, else the default config's, else the default.
+    /// For commands without a TPM: the event log's path.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.event_log {
-            return Ok(p.clone());
+        Ok(TpmArgs {
+            tcti: None,
+            tpm_config: None,
+            state_dir: None,
         }
-        Ok(load_config(None)?.log.unwrap_or_else(|| DEFAULT_LOG.into()))
+        .config(self)?
+        .log)
     }
 }
 

@@ -3,12 +3,16 @@
 //!
 //! Recognised (everything else is parsed and ignored, like xl ignores keys it
 //! does not know): `name`, `kernel`, `ramdisk`, `bootloader`, `disk`, and
-//! Circular's own `circ_index` (a string or list of local index paths). In a
-//! `disk` entry, a cas-blk index is named by a `circ-index=PATH` item, or by a
-//! `target=` ending in `.idx`: a local path is measured; an `http(s)://` URL is
-//! refused, since the index must be measured as the bytes cas-blk will serve
-//! (add `circ-index=PATH` to a local copy). Relative paths are resolved
-//! against the current directory, as xl resolves them.
+//! Circular's own `circ_index` (a string or list of local index paths).
+//!
+//! A `disk` entry with `script=block-circ` is a cas-blk disk: its `target`
+//! (an index URL or path) is what `block-circ` will serve, so the plan names
+//! it as a [`ServedDisk`], to be measured as the index bytes cas-blk accepts.
+//! Otherwise a disk names a local cas-blk index by a `circ-index=PATH` item,
+//! or by a `target=` ending in `.cidx` (cas-blk's name) or `.idx`; an
+//! `http(s)://` target of that kind is refused, since nothing would serve it
+//! as a cas-blk disk. Relative paths are resolved against the current
+//! directory, as xl resolves them.
 //!
 //! Syntax (xl.cfg(5)): `KEY = VALUE` statements ended by a newline or `;`;
 //! values are `"strings"` / `'strings'`, bare numbers, or `[lists]` of those
@@ -32,8 +36,20 @@ pub enum XlError {
     NoName,
     #[error("`{key}` must be a string")]
     NotAString { key: &'static str },
-    #[error("disk {index} names the cas-blk index {url} by URL; measure a local copy: add `circ-index=PATH` to the disk entry")]
+    #[error("disk {index} names the cas-blk index {url} by URL but is not served by block-circ; add `script=block-circ` to the disk entry")]
     RemoteIndex { index: usize, url: String },
+    #[error("disk {index} is served by block-circ but has no `target=`")]
+    NoTarget { index: usize },
+}
+
+/// A disk the `block-circ` hotplug script serves from a cas-blk index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedDisk {
+    /// Its position in the `disk` list.
+    pub index: usize,
+    /// The disk's `target`, as libxl hands it to the hotplug script
+    /// (`params` in xenstore): an index URL or path.
+    pub target: String,
 }
 
 /// What `circ measure domain` measures, in this order.
@@ -43,6 +59,8 @@ pub struct DomainPlan {
     pub kernel: Option<PathBuf>,
     pub ramdisk: Option<PathBuf>,
     pub cas_indexes: Vec<PathBuf>,
+    /// Disks `block-circ` serves; measured after the local indexes.
+    pub served_disks: Vec<ServedDisk>,
     /// The guest picks its own kernel (`bootloader`, or HVM firmware): only the
     /// configuration and disks' indexes can be measured from dom0.
     pub guest_chooses_kernel: bool,
@@ -244,27 +262,44 @@ fn strings(v: Option<&Value>, key: &'static str) -> Result<Vec<String>, XlError>
     }
 }
 
+/// What a disk spec asks us to measure.
+#[derive(Debug, PartialEq, Eq)]
+enum DiskIndex {
+    Local(PathBuf),
+    Served(String),
+}
+
 /// The cas-blk index a disk spec names, if any.
-fn disk_index(index: usize, spec: &str) -> Result<Option<PathBuf>, XlError> {
+fn disk_index(index: usize, spec: &str) -> Result<Option<DiskIndex>, XlError> {
     // `target=` swallows the rest of the spec (it may contain commas), as in xl.
     let (items, target) = match spec.split_once("target=") {
         Some((head, target)) => (head, Some(target.trim())),
         None => (spec, None),
     };
-    for item in items.split(',') {
-        if let Some(path) = item.trim().strip_prefix("circ-index=") {
-            return Ok(Some(PathBuf::from(path)));
-        }
+    let items: Vec<&str> = items.split(',').map(str::trim).collect();
+    // `script=` is a name in /etc/xen/scripts or a path.
+    let served = items.iter().any(|item| {
+        item.strip_prefix("script=")
+            .is_some_and(|s| s.rsplit('/').next() == Some("block-circ"))
+    });
+    if served {
+        return match target {
+            Some(t) if !t.is_empty() => Ok(Some(DiskIndex::Served(t.to_owned()))),
+            _ => Err(XlError::NoTarget { index }),
+        };
+    }
+    if let Some(path) = items.iter().find_map(|i| i.strip_prefix("circ-index=")) {
+        return Ok(Some(DiskIndex::Local(PathBuf::from(path))));
     }
     match target {
-        Some(t) if t.ends_with(".idx") => {
+        Some(t) if t.ends_with(".idx") || t.ends_with(".cidx") => {
             if t.starts_with("http://") || t.starts_with("https://") {
                 Err(XlError::RemoteIndex {
                     index,
                     url: t.to_owned(),
                 })
             } else {
-                Ok(Some(PathBuf::from(t)))
+                Ok(Some(DiskIndex::Local(PathBuf::from(t))))
             }
         }
         _ => Ok(None),
@@ -279,9 +314,12 @@ pub fn plan(text: &str) -> Result<DomainPlan, XlError> {
     let ramdisk = string(&cfg, "ramdisk")?.map(PathBuf::from);
     let bootloader = string(&cfg, "bootloader")?;
     let mut cas_indexes = Vec::new();
+    let mut served_disks = Vec::new();
     for (i, spec) in strings(cfg.get("disk"), "disk")?.iter().enumerate() {
-        if let Some(p) = disk_index(i, spec)? {
-            cas_indexes.push(p);
+        match disk_index(i, spec)? {
+            Some(DiskIndex::Local(p)) => cas_indexes.push(p),
+            Some(DiskIndex::Served(target)) => served_disks.push(ServedDisk { index: i, target }),
+            None => {}
         }
     }
     for p in strings(cfg.get("circ_index"), "circ_index")? {
@@ -293,6 +331,7 @@ pub fn plan(text: &str) -> Result<DomainPlan, XlError> {
         kernel,
         ramdisk,
         cas_indexes,
+        served_disks,
     })
 }
 
@@ -366,6 +405,53 @@ circ_index = "/srv/extra.idx"
         assert_eq!(plan("memory = 1\n"), Err(XlError::NoName));
         assert!(plan("name = [[ 'a' ]]").is_err());
         assert!(plan("name = 'a' 'b'").is_err());
+    }
+
+    #[test]
+    fn block_circ_disks_are_served_disks_whatever_their_target() {
+        let p = plan(
+            "name = 'c'\n\
+             disk = [ 'vdev=xvda, access=ro, script=block-circ, target=http://h:8080/indexes/img.cidx',\n\
+                      'vdev=xvdb, script=/etc/xen/scripts/block-circ, target=/srv/store/indexes/b.cidx',\n\
+                      'vdev=xvdc, target=/srv/local.cidx',\n\
+                      'vdev=xvdd, script=block, target=/dev/sdb' ]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.served_disks,
+            vec![
+                ServedDisk {
+                    index: 0,
+                    target: "http://h:8080/indexes/img.cidx".into()
+                },
+                ServedDisk {
+                    index: 1,
+                    target: "/srv/store/indexes/b.cidx".into()
+                },
+            ]
+        );
+        assert_eq!(p.cas_indexes, vec![PathBuf::from("/srv/local.cidx")]);
+    }
+
+    #[test]
+    fn a_cidx_url_not_served_by_block_circ_is_refused() {
+        // Before block-circ disks were recognised, this disk was silently
+        // left unmeasured (cas-blk names indexes `.cidx`, not `.idx`).
+        let err =
+            plan("name='a'\ndisk=['vdev=xvda, target=http://h/indexes/img.cidx']\n").unwrap_err();
+        assert!(
+            matches!(err, XlError::RemoteIndex { index: 0, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("script=block-circ"), "{err}");
+        assert_eq!(
+            plan("name='a'\ndisk=['vdev=xvda, script=block-circ']\n"),
+            Err(XlError::NoTarget { index: 0 })
+        );
+        assert_eq!(
+            plan("name='a'\ndisk=['vdev=xvda, script=block-circ, target=']\n"),
+            Err(XlError::NoTarget { index: 0 })
+        );
     }
 
     #[test]

@@ -2,12 +2,17 @@
 //! implementation over tss-esapi ([`EsapiTpm`], which links Debian's libtss2),
 //! the file formats of the keys and secrets it hands out, the two operations
 //! that tie the TPM to the event log ([`measure::record`], [`attest::quote`]),
-//! and a launcher for a private swtpm ([`swtpm::Swtpm`]) for tests and benches.
+//! where the commands find the TPM ([`config`]), a launcher for a private
+//! swtpm ([`swtpm::Swtpm`]) for tests and benches, and with the `fake`
+//! feature an in-memory [`FakeTpm`] for tests of code built on the trait.
 #![forbid(unsafe_code)]
 
 pub mod attest;
 pub mod blob;
+pub mod config;
 mod esapi;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod measure;
 pub mod swtpm;
 
@@ -19,6 +24,8 @@ use zeroize::Zeroizing;
 
 pub use blob::{AkBlob, SealedBlob};
 pub use esapi::EsapiTpm;
+#[cfg(feature = "fake")]
+pub use fake::FakeTpm;
 
 /// What Circular asks of a TPM. Every method leaves no transient object or
 /// session loaded when it returns, successful or not: a TPM without a resource

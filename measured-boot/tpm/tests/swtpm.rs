@@ -292,3 +292,82 @@ fn unseal_refuses_after_a_pcr_changes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_ak_public_area_says_what_the_verifier_checks() -> anyhow::Result<()> {
+    let mut f = fixture()?;
+    let (ak, public, quote) = measured_and_quoted(&mut f)?;
+    public.check_public_area(&ak.public)?;
+    assert_eq!(
+        quote.ak_public, ak.public,
+        "the quote carries the AK's area"
+    );
+    let area = circ_measured_boot::wire::parse_ecc_public(&ak.public)?;
+    use circ_measured_boot::wire::attr;
+    assert_eq!(
+        area.attributes,
+        attr::FIXED_TPM
+            | attr::FIXED_PARENT
+            | attr::SENSITIVE_DATA_ORIGIN
+            | attr::USER_WITH_AUTH
+            | attr::NO_DA
+            | attr::RESTRICTED
+            | attr::SIGN,
+        "{:?}",
+        attr::names(area.attributes)
+    );
+    // What our parser reads is what the TSS marshalled.
+    assert_eq!(area.marshal(), ak.public);
+
+    // Another object's public area (a sealed secret's, from the same TPM)
+    // in place of the AK's: refused after the signature checked.
+    let sealed = f.tpm.seal(
+        &Secret::new(b"s".to_vec()),
+        &"16".parse().map_err(anyhow::Error::msg)?,
+    )?;
+    let mut other = quote.clone();
+    other.ak_public = sealed.public;
+    let err = verify_json(&other, &public, b"n1", None)
+        .result
+        .unwrap_err();
+    let msg = format!("{:#}", anyhow::Error::from(err));
+    assert!(msg.contains("not an ECC public area (type 0x0008"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn the_fake_tpm_agrees_with_swtpm() -> anyhow::Result<()> {
+    let mut f = fixture()?;
+    let mut fake = circ_tpm::FakeTpm::new();
+    let pcrs: PcrSet = "14,15,16,17,23".parse().map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        fake.read_pcrs(&pcrs)?,
+        f.tpm.read_pcrs(&pcrs)?,
+        "reset values"
+    );
+    for (pcr, data) in [(15, &b"a"[..]), (15, b"b"), (16, b"c"), (23, b"d")] {
+        let pcr = PcrIndex::new(pcr).unwrap();
+        let d = Digests::of_bytes(data, true);
+        fake.extend(pcr, &d)?;
+        f.tpm.extend(pcr, &d)?;
+    }
+    assert_eq!(
+        fake.read_pcrs(&pcrs)?,
+        f.tpm.read_pcrs(&pcrs)?,
+        "after extends"
+    );
+
+    // Both quote the same PCR digest, and both quotes verify.
+    let mut digests = Vec::new();
+    for tpm in [&mut f.tpm as &mut dyn Tpm, &mut fake] {
+        let ak = tpm.create_ak()?;
+        let raw = tpm.quote(&ak, b"n", &pcrs)?;
+        let info = circ_measured_boot::wire::parse_quote_attest(&raw.attest)?;
+        let sig = circ_measured_boot::wire::parse_signature(&raw.signature)?;
+        ak.public_key()?.verify(&raw.attest, &sig)?;
+        ak.public_key()?.check_public_area(&ak.public)?;
+        digests.push(info.pcr_digest);
+    }
+    assert_eq!(digests[0], digests[1]);
+    Ok(())
+}
