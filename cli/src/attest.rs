@@ -10,6 +10,7 @@ use circ_measured_boot::eventlog;
 use circ_measured_boot::measurements;
 use circ_measured_boot::policy::Policy;
 use circ_measured_boot::verify::{self, Verdict};
+use circ_measured_boot::wire::attr;
 use circ_measured_boot::{EventKind, PcrSet};
 use circ_tpm::{attest, AkBlob, EsapiTpm, Tpm as _};
 use clap::Subcommand;
@@ -166,6 +167,9 @@ fn verify_cmd(file: &Path, ak: &Path, nonce: &str, policy: Option<&Path>) -> any
             q.reset_count,
             q.clock
         );
+    }
+    if let Some(bits) = outcome.ak_attributes {
+        println!("ak: {}", attr::names(bits).join("|"));
     }
     for (event, verdict) in &outcome.events {
         let tag = if matches!(verdict, Verdict::Refused(_)) {

@@ -96,6 +96,12 @@ fn measure_quote_verify_with_policy() {
         "attest", "verify", &quote, "--ak", &ak, "--nonce", "00c0ffee", "--policy", &policy,
     ]);
     assert!(verdict.contains("verified: 4 event(s)"), "{verdict}");
+    assert!(
+        verdict.contains(
+            "ak: fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|noDA|restricted|sign\n"
+        ),
+        "the AK's attributes, from its public area: {verdict}"
+    );
 
     // Wrong nonce: exit 1, cause named.
     let out = env.circ(&["attest", "verify", &quote, "--ak", &ak, "--nonce", "01"]);

@@ -83,8 +83,9 @@ impl AkPublic {
     }
 
     /// Checks that `area` (a marshalled `TPMT_PUBLIC`) describes this key as
-    /// an attestation key: see [`AK_REQUIRED`] and [`AK_FORBIDDEN`].
-    pub fn check_public_area(&self, area: &[u8]) -> Result<(), AkError> {
+    /// an attestation key: see [`AK_REQUIRED`] and [`AK_FORBIDDEN`]. Returns
+    /// the parsed area.
+    pub fn check_public_area(&self, area: &[u8]) -> Result<wire::EccPublicArea, AkError> {
         let area = wire::parse_ecc_public(area).map_err(AkError::PublicArea)?;
         let attributes = || attr::names(area.attributes).join("|");
         let missing = AK_REQUIRED & !area.attributes;
@@ -109,7 +110,7 @@ impl AkPublic {
             });
         }
         match AkPublic::from_tpm_point(&area.x, &area.y) {
-            Ok(key) if key == *self => Ok(()),
+            Ok(key) if key == *self => Ok(area),
             _ => Err(AkError::KeyMismatch),
         }
     }

@@ -83,6 +83,8 @@ pub fn verify_file(
 pub struct Outcome {
     /// The signed quote, once its signature checked.
     pub quote: Option<QuoteInfo>,
+    /// The AK's `TPMA_OBJECT` attributes, once its public area checked.
+    pub ak_attributes: Option<u32>,
     /// Each event and its verdict, once the log replayed.
     pub events: Vec<(Event, Verdict)>,
     pub result: Result<(), Failure>,
@@ -94,6 +96,7 @@ pub struct Outcome {
 pub fn verify(quote_file: &[u8], ak: &AkPublic, nonce: &[u8], policy: Option<&Policy>) -> Outcome {
     let mut outcome = Outcome {
         quote: None,
+        ak_attributes: None,
         events: Vec::new(),
         result: Ok(()),
     };
@@ -112,8 +115,10 @@ fn verify_into(
     let sig = wire::parse_signature(&file.signature).map_err(Failure::MalformedSignature)?;
     ak.verify(&file.attest, &sig).map_err(Failure::Signature)?;
     // Signed by the key the verifier was given; is that key an AK?
-    ak.check_public_area(&file.ak_public)
+    let area = ak
+        .check_public_area(&file.ak_public)
         .map_err(Failure::AkPublicArea)?;
+    out.ak_attributes = Some(area.attributes);
     let info = wire::parse_quote_attest(&file.attest).map_err(Failure::MalformedAttest)?;
     out.quote = Some(info.clone());
     if info.extra_data != nonce {

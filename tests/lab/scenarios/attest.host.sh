@@ -1,6 +1,9 @@
 #!/bin/bash
-# Host half of `attest`: verify dom0's quotes outside the lab, against a
-# policy built from the files the host gave the lab (known good).
+# Host half of `attest`: verify dom0's quotes outside the lab, against the
+# nonces the host made for this run (its own copies, in $LAB_HOST_VALUES)
+# and a policy built from the files the host gave the lab (known good). The
+# AK's public key is dom0's, trusted as given (docs/threat-model.md); the
+# verifier checks what its TPM public area says about it.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
 . "$LAB_LIB"
@@ -21,9 +24,9 @@ entry() { # PATH_IN_DOM0 KNOWN_GOOD_FILE
     entry /lab/out/att-evil.cfg "$LAB_OUT/att-evil.cfg"
 } >"$policy"
 
-verify() { # QUOTE NONCE_FILE OUTPUT
+verify() { # QUOTE NONCE_NAME OUTPUT
     "$CIRC" attest verify "$LAB_OUT/$1" --ak "$LAB_OUT/ak.pub" \
-        --nonce "$(cat "$LAB_OUT/$2")" --policy "$policy" >"$LAB_RUN_DIR/$3" 2>&1
+        --nonce "$(cat "$LAB_HOST_VALUES/$2")" --policy "$policy" >"$LAB_RUN_DIR/$3" 2>&1
 }
 refused() { ! verify "$@"; }
 fails_naming() { # OUTPUT TEXT: verification failed and its report names TEXT
@@ -34,6 +37,14 @@ t0=$(now_ms)
 check "good quote verifies against the policy" verify quote-good nonce-good verify-good.txt
 timing "verify (host)" $(($(now_ms) - t0))
 info "verified events" "$(grep -c '^ *ok' "$LAB_RUN_DIR/verify-good.txt" || true)"
+check "the AK's public area: a restricted signing key fixed to the TPM, no decrypt" \
+    grep -qx 'ak: fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|noDA|restricted|sign' \
+    "$LAB_RUN_DIR/verify-good.txt"
+# The same quote claiming an AK that can decrypt (TPMA_OBJECT, bytes 4-7 of
+# its TPMT_PUBLIC, with decrypt set): refused.
+jq '.ak_public |= .[0:8] + "00070472" + .[16:]' "$LAB_OUT/quote-good" >"$LAB_OUT/quote-decrypt"
+check "an AK whose public area says decrypt is refused" refused quote-decrypt nonce-good verify-decrypt.txt
+check "the refusal names the attribute" fails_naming verify-decrypt.txt "has decrypt"
 
 check "tampered state is refused" refused quote-evil nonce-evil verify-evil.txt
 check "the refusal names the changed initrd" fails_naming verify-evil.txt /lab/guest/initrd.gz

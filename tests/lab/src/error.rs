@@ -41,6 +41,8 @@ pub enum LabError {
     MissingArtifact { what: String, path: PathBuf },
     #[error("{path}: {why}")]
     BadBinary { path: PathBuf, why: String },
+    #[error("scenario {path}: {why}")]
+    BadScenario { path: PathBuf, why: String },
     #[error("unknown scenario `{name}`: no {path}")]
     UnknownScenario { name: String, path: PathBuf },
     #[error("unknown suite `{name}` (lab.toml has: {known})")]

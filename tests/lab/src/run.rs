@@ -1,7 +1,7 @@
 //! Running one scenario: Xen + dom0 under QEMU, events from the serial console.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +29,14 @@ const EVENT_FILE: &str = "events.channel";
 
 /// Name, in the run directory, of the guest initrd the run shipped.
 const GUEST_INITRD_COPY: &str = "guest-initrd.gz";
+
+/// A scenario asks the host for values made fresh for each run (a
+/// verifier's nonces, say) with a line `# circ-lab fresh: NAME...`. Each
+/// value (32 random bytes, in hex) is written to the payload as
+/// `/lab/host/NAME` and kept on the host as `RUN_DIR/host/NAME`, where the
+/// host half (`LAB_HOST_VALUES`) reads it: dom0 cannot change the host's copy.
+const FRESH_DECLARATION: &str = "# circ-lab fresh:";
+const HOST_VALUES: &str = "host";
 
 /// What to run and where to keep its logs.
 #[derive(Debug, Clone)]
@@ -166,6 +174,11 @@ fn build_payload(
         }
     }
     write(&stage.join("scenario.name"), opts.scenario.as_bytes())?;
+    make_fresh_values(
+        scenario,
+        &stage.join(HOST_VALUES),
+        &run_dir.join(HOST_VALUES),
+    )?;
     write(
         &stage.join("xen.flavor"),
         artifacts.flavor.to_string().as_bytes(),
@@ -248,6 +261,59 @@ fn build_payload(
         ],
     ))?;
     remove_dir(&stage)
+}
+
+/// The names a scenario declares with [`FRESH_DECLARATION`].
+fn fresh_value_names(script: &str) -> std::result::Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    for line in script.lines() {
+        let Some(list) = line.strip_prefix(FRESH_DECLARATION) else {
+            continue;
+        };
+        for name in list.split_whitespace() {
+            let valid = name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(format!(
+                    "`{name}` in `{FRESH_DECLARATION}` is not a name (letters, digits, - and _)"
+                ));
+            }
+            if names.contains(&name) {
+                return Err(format!("`{name}` is declared twice"));
+            }
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Makes the values `scenario` declares, into both directories.
+fn make_fresh_values(scenario: &Path, payload_dir: &Path, host_dir: &Path) -> Result<()> {
+    let script = std::fs::read_to_string(scenario).map_err(LabError::io(scenario))?;
+    let names = fresh_value_names(&script).map_err(|why| LabError::BadScenario {
+        path: scenario.to_owned(),
+        why,
+    })?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    mkdir(payload_dir)?;
+    mkdir(host_dir)?;
+    let urandom = Path::new("/dev/urandom");
+    let mut random = File::open(urandom).map_err(LabError::io(urandom))?;
+    for name in names {
+        let mut bytes = [0u8; 32];
+        random
+            .read_exact(&mut bytes)
+            .map_err(LabError::io(urandom))?;
+        let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let value = format!("{value}\n");
+        write(&payload_dir.join(name), value.as_bytes())?;
+        write(&host_dir.join(name), value.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn qemu_command(
@@ -529,6 +595,7 @@ fn run_host_checks(
         .env("LAB_LIB", lab.join("dom0/lib.sh"))
         .env("LAB_OUT", run_dir.join("out"))
         .env("LAB_RUN_DIR", run_dir)
+        .env("LAB_HOST_VALUES", run_dir.join(HOST_VALUES))
         .env("LAB_XEN", artifacts.flavor.to_string())
         .env("LAB_BOOT_XEN", &artifacts.xen)
         .env("LAB_BOOT_VMLINUZ", &artifacts.vmlinuz)
@@ -561,4 +628,36 @@ fn run_host_checks(
         },
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_values_are_declared_by_name() {
+        let script =
+            "#!/bin/bash\n# circ-lab fresh: nonce-good nonce-evil\n# circ-lab fresh: x_1\necho\n";
+        assert_eq!(
+            fresh_value_names(script),
+            Ok(vec!["nonce-good", "nonce-evil", "x_1"])
+        );
+        assert_eq!(fresh_value_names("echo\n"), Ok(vec![]));
+        assert!(fresh_value_names("# circ-lab fresh: ../etc\n").is_err());
+        assert!(fresh_value_names("# circ-lab fresh: a a\n").is_err());
+    }
+
+    #[test]
+    fn each_run_gets_new_values_the_host_keeps_a_copy_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("s.sh");
+        std::fs::write(&scenario, "# circ-lab fresh: n1 n2\n").unwrap();
+        let value = |d: &str, n: &str| std::fs::read_to_string(dir.path().join(d).join(n)).unwrap();
+        make_fresh_values(&scenario, &dir.path().join("p1"), &dir.path().join("h1")).unwrap();
+        make_fresh_values(&scenario, &dir.path().join("p2"), &dir.path().join("h2")).unwrap();
+        assert_eq!(value("p1", "n1"), value("h1", "n1"));
+        assert_eq!(value("p1", "n1").trim().len(), 64);
+        assert_ne!(value("p1", "n1"), value("p1", "n2"));
+        assert_ne!(value("h1", "n1"), value("h2", "n1"), "fresh each run");
+    }
 }
