@@ -19,6 +19,7 @@ pub mod layout;
 pub mod nbd;
 pub mod overlay;
 pub mod pack;
+pub mod pin;
 pub mod prefetch;
 pub mod reader;
 pub mod rollback;
