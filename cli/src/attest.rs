@@ -51,7 +51,7 @@ pub enum AttestCommand {
         pcrs: Option<PcrSet>,
     },
     /// Verify a quote file (no TPM needed): signature, nonce, log replay, policy.
-    /// Prints a verdict per event; exits 1 on any failure.
+    /// Prints a verdict per event; exits 3 when the quote is refused.
     Verify {
         file: PathBuf,
         /// The AK's public key (PEM) from `circ attest ak`.
