@@ -20,6 +20,9 @@ use crate::wire::{self, attr, EcdsaSignature, WireError};
 /// TPM itself generated, and cannot decrypt.
 pub const AK_REQUIRED: u32 = attr::FIXED_TPM | attr::FIXED_PARENT | attr::RESTRICTED | attr::SIGN;
 pub const AK_FORBIDDEN: u32 = attr::DECRYPT;
+/// The attributes of the AK template `circ-tpm` creates (and its fake gives).
+pub const AK_TEMPLATE: u32 =
+    AK_REQUIRED | attr::SENSITIVE_DATA_ORIGIN | attr::USER_WITH_AUTH | attr::NO_DA;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AkError {

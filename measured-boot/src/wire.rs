@@ -410,13 +410,7 @@ pub(crate) mod tests {
     pub(crate) fn ak_area(x: &[u8], y: &[u8]) -> EccPublicArea {
         EccPublicArea {
             name_alg: 0x000B,
-            attributes: attr::FIXED_TPM
-                | attr::FIXED_PARENT
-                | attr::SENSITIVE_DATA_ORIGIN
-                | attr::USER_WITH_AUTH
-                | attr::NO_DA
-                | attr::RESTRICTED
-                | attr::SIGN,
+            attributes: crate::akpub::AK_TEMPLATE,
             auth_policy: Vec::new(),
             symmetric: (ALG_NULL, None),
             scheme: Some((ALG_ECDSA, 0x000B)),

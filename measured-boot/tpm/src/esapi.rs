@@ -282,13 +282,7 @@ impl Tpm for EsapiTpm {
     }
 
     fn quote(&mut self, ak: &AkBlob, nonce: &[u8], pcrs: &PcrSet) -> Result<RawQuote, TpmError> {
-        if nonce.len() > MAX_NONCE {
-            return Err(TpmError::TooLong {
-                what: "nonce",
-                len: nonce.len(),
-                max: MAX_NONCE,
-            });
-        }
+        crate::check_len("nonce", nonce.len(), MAX_NONCE)?;
         let nonce = Data::try_from(nonce.to_vec()).map_err(cmd("Quote"))?;
         let selection = selection(pcrs)?;
         let key = self.load(Hierarchy::Endorsement, &ak.public, &ak.private)?;
@@ -306,14 +300,7 @@ impl Tpm for EsapiTpm {
     }
 
     fn seal(&mut self, secret: &Secret, pcrs: &PcrSet) -> Result<SealedBlob, TpmError> {
-        let len = secret.expose().len();
-        if len > Secret::MAX_LEN {
-            return Err(TpmError::TooLong {
-                what: "secret",
-                len,
-                max: Secret::MAX_LEN,
-            });
-        }
+        crate::check_len("secret", secret.expose().len(), Secret::MAX_LEN)?;
         let data = SensitiveData::try_from(secret.expose().to_vec()).map_err(cmd("Create"))?;
         let trial = self.pcr_policy_session(SessionType::Trial, pcrs)?;
         let digest = self.with_flushed(SessionHandle::from(trial).into(), |me| {

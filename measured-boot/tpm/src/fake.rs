@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use circ_measured_boot::akpub::AK_REQUIRED;
+use circ_measured_boot::akpub::AK_TEMPLATE;
 use circ_measured_boot::quote::pcr_digest;
-use circ_measured_boot::wire::{self, attr, EccPublicArea, EcdsaSignature, QuoteInfo};
+use circ_measured_boot::wire::{self, EccPublicArea, EcdsaSignature, QuoteInfo};
 use circ_measured_boot::{Digests, HashAlg, PcrIndex, PcrSet, Sha256Digest};
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
@@ -114,7 +114,7 @@ fn ak_public_area(key: &SigningKey) -> EccPublicArea {
     let coordinate = |c: Option<&p256::FieldBytes>| c.map(|c| c.to_vec()).unwrap_or_default();
     EccPublicArea {
         name_alg: HashAlg::Sha256.tpm_alg_id(),
-        attributes: AK_REQUIRED | attr::SENSITIVE_DATA_ORIGIN | attr::USER_WITH_AUTH | attr::NO_DA,
+        attributes: AK_TEMPLATE,
         auth_policy: Vec::new(),
         symmetric: (wire::ALG_NULL, None),
         scheme: Some((wire::ALG_ECDSA, HashAlg::Sha256.tpm_alg_id())),
@@ -170,13 +170,7 @@ impl Tpm for FakeTpm {
     }
 
     fn quote(&mut self, ak: &AkBlob, nonce: &[u8], pcrs: &PcrSet) -> Result<RawQuote, TpmError> {
-        if nonce.len() > MAX_NONCE {
-            return Err(TpmError::TooLong {
-                what: "nonce",
-                len: nonce.len(),
-                max: MAX_NONCE,
-            });
-        }
+        crate::check_len("nonce", nonce.len(), MAX_NONCE)?;
         let key = self
             .keys
             .get(self.unwrap_handle(&ak.private)?)
@@ -219,14 +213,7 @@ impl Tpm for FakeTpm {
     }
 
     fn seal(&mut self, secret: &Secret, pcrs: &PcrSet) -> Result<SealedBlob, TpmError> {
-        let len = secret.expose().len();
-        if len > Secret::MAX_LEN {
-            return Err(TpmError::TooLong {
-                what: "secret",
-                len,
-                max: Secret::MAX_LEN,
-            });
-        }
+        crate::check_len("secret", secret.expose().len(), Secret::MAX_LEN)?;
         let policy = self.policy_digest(pcrs);
         self.sealed.push((policy, secret.clone()));
         Ok(SealedBlob {

@@ -79,6 +79,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Refuses `what` of `len` bytes when more than `max`, as the TPM would.
+pub(crate) fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), TpmError> {
+    if len > max {
+        return Err(TpmError::TooLong { what, len, max });
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
     #[error(
