@@ -17,6 +17,7 @@ use sha2::Digest as _;
 
 use crate::index::{IndexError, IndexV1};
 use crate::layout;
+use crate::pin::{PinError, PinStore};
 use crate::prefetch;
 use crate::reader::ImageReader;
 use crate::rollback::{GenerationStore, RollbackError};
@@ -40,9 +41,45 @@ pub struct OpenOptions {
     /// Extra store roots (`http://host/store/`) serving the same chunks.
     pub mirrors: Vec<String>,
     pub rollback: Rollback,
+    /// The measured-boot gate: serve only the index pinned for this disk.
+    pub pin: Option<PinGate>,
     /// Read the cached copy of the index if no location can serve it.
     pub offline_index: bool,
     pub http: HttpConfig,
+}
+
+/// Which pin an open must satisfy ([`crate::pin`]): the one `circ measure
+/// domain` wrote for `domain`'s disk whose target is the index location.
+#[derive(Clone, Debug)]
+pub struct PinGate {
+    pub state_dir: PathBuf,
+    /// The frontend domain's name.
+    pub domain: String,
+    /// Refuse a disk that has no pin (it was never measured); otherwise it
+    /// is served as an unmeasured disk, with a log line saying so.
+    pub required: bool,
+}
+
+impl PinGate {
+    /// Refuses an index other than the pinned one (or, when required, a
+    /// disk with no pin).
+    fn check(&self, target: &str, served_sha256: &[u8; 32]) -> Result<(), PinError> {
+        match PinStore::new(&self.state_dir).read(&self.domain, target)? {
+            Some(pin) => pin.check(served_sha256),
+            None if self.required => Err(PinError::Missing {
+                domain: self.domain.clone(),
+                target: target.to_owned(),
+            }),
+            None => {
+                tracing::info!(
+                    domain = self.domain,
+                    target,
+                    "no pin: the disk is served unmeasured"
+                );
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The anti-rollback gate of one open ([`crate::rollback`]).
@@ -85,6 +122,7 @@ impl OpenOptions {
             cache_max_bytes: 4 << 30,
             mirrors: Vec::new(),
             rollback,
+            pin: None,
             offline_index: true,
             http: HttpConfig::default(),
         }
@@ -135,6 +173,8 @@ pub enum OpenError {
     IndexUnavailable(Vec<FetchFailure>),
     #[error(transparent)]
     Rollback(#[from] RollbackError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
     #[error("invalid mirror")]
     Mirror(#[source] HttpError),
     #[error("cannot open the chunk cache {path}")]
@@ -236,6 +276,9 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
         bytes: index_bytes,
         source: index_source,
     } = verified;
+    if let Some(gate) = &opts.pin {
+        gate.check(location, &index_sha256)?;
+    }
     match &opts.rollback {
         Rollback::Refuse { state_dir } => {
             GenerationStore::new(state_dir).accept(&index.name, index.generation, false)?;

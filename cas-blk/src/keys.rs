@@ -11,7 +11,9 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
+/// A publisher's public key (ed25519), as `read_public` returns it.
+pub use ed25519_dalek::VerifyingKey;
 
 const SECRET_TAG: &str = "circ-cas-secret-key-v1";
 const PUBLIC_TAG: &str = "circ-cas-public-key-v1";

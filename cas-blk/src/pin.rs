@@ -97,6 +97,28 @@ impl Pin {
     }
 }
 
+/// For `circ measure domain`: fetches and verifies the index `opts` names,
+/// exactly as [`crate::client::open`] would before serving it, and pins its
+/// SHA-256 as the one index `domain`'s disk (target: the index location)
+/// may be served from. Returns the verified bytes, to be measured.
+pub fn pin_served_index(
+    opts: &crate::client::OpenOptions,
+    state_dir: &Path,
+    domain: &str,
+) -> Result<crate::client::VerifiedIndex, crate::client::OpenError> {
+    let verified = crate::client::fetch_verified_index(opts)?;
+    let pin = Pin::new(
+        domain,
+        &opts.index_location,
+        &verified.index.name,
+        verified.index.generation,
+        &verified.sha256(),
+    );
+    let path = PinStore::new(state_dir).write(&pin)?;
+    tracing::info!(domain, target = opts.index_location, generation = pin.generation, sha256 = pin.sha256, path = %path.display(), "index pinned");
+    Ok(verified)
+}
+
 /// The pins under a state directory.
 #[derive(Debug, Clone)]
 pub struct PinStore {

@@ -15,7 +15,7 @@ use circ_measured_boot::{EventKind, PcrSet};
 use circ_tpm::{attest, AkBlob, EsapiTpm, Tpm as _};
 use clap::Subcommand;
 
-use crate::measure::served_index;
+use crate::measure::{CasDiskArgs, Pin};
 use crate::tpm::{parse_pcrs, write_new, LogArgs, TpmArgs};
 
 /// The AK blob's name in the state directory.
@@ -70,6 +70,8 @@ pub enum AttestCommand {
         files: Vec<PathBuf>,
         #[arg(long = "domain-config")]
         domain_configs: Vec<PathBuf>,
+        #[command(flatten)]
+        cas: CasDiskArgs,
         /// Add to this existing policy instead of starting a new one.
         #[arg(long)]
         merge: Option<PathBuf>,
@@ -120,6 +122,7 @@ pub fn run(cmd: AttestCommand) -> anyhow::Result<Exit> {
         AttestCommand::Policy {
             files,
             domain_configs,
+            cas,
             merge,
             out,
         } => {
@@ -136,7 +139,7 @@ pub fn run(cmd: AttestCommand) -> anyhow::Result<Exit> {
             }
             for cfg in &domain_configs {
                 let pcr = circ_measured_boot::pcr::DOMAIN_PCR;
-                for m in measurements::of_domain(cfg, pcr, &mut served_index)? {
+                for m in measurements::of_domain(cfg, pcr, &mut cas.served_index(Pin::No))? {
                     if let Some(path) = &m.path {
                         policy.allow_file(path, m.digests.sha256);
                     }

@@ -5,15 +5,15 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
 use circ_cas::chunk::{ChunkSize, Compression};
-use circ_cas::client::{self, OpenOptions, Rollback};
+use circ_cas::client::{self, OpenOptions, PinGate, Rollback};
 use circ_cas::config::ClientConfig;
 use circ_cas::error_chain;
-use circ_cas::keys::{self, SecretKey};
+use circ_cas::keys::{self, SecretKey, VerifyingKey};
 use circ_cas::nbd::NbdServer;
 use circ_cas::overlay::Overlay;
 use circ_cas::pack::{self, PackOptions};
@@ -172,9 +172,18 @@ pub struct SourceArgs {
     #[arg(long, default_value_t = 4)]
     parallel: usize,
     /// Settings file (TOML: pubkey, cache, cache_mib, mirrors, state_dir,
-    /// image); the environment and flags override it.
+    /// image; default /etc/circular/cas.toml if it exists); the environment
+    /// and flags override it.
     #[arg(long, env = "CIRC_CAS_CONFIG")]
     config: Option<PathBuf>,
+    /// Serve only the index `circ measure domain` pinned for this domain's
+    /// disk (target: the index location); `block-circ` passes the frontend
+    /// domain's name. A disk with no pin is served unmeasured.
+    #[arg(long, value_name = "DOMAIN")]
+    pin_domain: Option<String>,
+    /// With --pin-domain: refuse a disk that has no pin.
+    #[arg(long, requires = "pin_domain")]
+    require_pin: bool,
 }
 
 pub fn run(cmd: CasCommand) -> anyhow::Result<Exit> {
@@ -361,26 +370,57 @@ fn serve(store: PathBuf, listen: SocketAddr) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// Where a client's key, state and mirrors come from, as `circ cas` and the
+/// `block-circ` hotplug script resolve them: the flag or the environment,
+/// else the configuration file (given, else /etc/circular/cas.toml when it
+/// exists), else the defaults.
+pub struct ClientSettings<'a> {
+    pub config: Option<&'a Path>,
+    pub pubkey: Option<&'a Path>,
+    pub state_dir: Option<&'a Path>,
+}
+
+/// The configuration file read when none is given, if it exists.
+const DEFAULT_CONFIG: &str = "/etc/circular/cas.toml";
+
+impl ClientSettings<'_> {
+    /// The file's settings, the publisher's key and the state directory.
+    pub fn resolve(&self) -> anyhow::Result<(ClientConfig, VerifyingKey, PathBuf)> {
+        let config = match self.config {
+            Some(path) => ClientConfig::read(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                ClientConfig::read(Path::new(DEFAULT_CONFIG))?
+            }
+            None => ClientConfig::default(),
+        };
+        let pubkey = self
+            .pubkey
+            .map(Path::to_path_buf)
+            .or_else(|| config.pubkey.clone())
+            .context(
+                "no public key: give --pubkey, CIRC_CAS_PUBKEY or `pubkey` in the configuration",
+            )?;
+        let public_key = keys::read_public(&pubkey)?;
+        let state_dir = self
+            .state_dir
+            .map(Path::to_path_buf)
+            .or_else(|| config.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(circ_cas::rollback::DEFAULT_STATE_DIR));
+        Ok((config, public_key, state_dir))
+    }
+}
+
 fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
-    let config = match &source.config {
-        Some(path) => ClientConfig::read(path)?,
-        None => ClientConfig::default(),
-    };
-    let pubkey = source
-        .pubkey
-        .clone()
-        .or(config.pubkey)
-        .context("no public key: give --pubkey, CIRC_CAS_PUBKEY or `pubkey` in --config")?;
-    let public_key = keys::read_public(&pubkey)?;
-    let state_dir = source
-        .state_dir
-        .clone()
-        .or(config.state_dir)
-        .unwrap_or_else(|| PathBuf::from(circ_cas::rollback::DEFAULT_STATE_DIR));
+    let (config, public_key, state_dir) = ClientSettings {
+        config: source.config.as_deref(),
+        pubkey: source.pubkey.as_deref(),
+        state_dir: source.state_dir.as_deref(),
+    }
+    .resolve()?;
     let mut opts = OpenOptions::new(
         source.index_url.clone(),
         public_key,
-        Rollback::gate(state_dir, source.allow_rollback),
+        Rollback::gate(state_dir.clone(), source.allow_rollback),
     );
     opts.image = source.image.clone().or(config.image);
     opts.cache_dir = source.cache.clone().or(config.cache);
@@ -391,6 +431,13 @@ fn open_options(source: &SourceArgs) -> anyhow::Result<OpenOptions> {
         .saturating_mul(1 << 20);
     opts.mirrors = config.mirrors;
     opts.mirrors.extend(source.mirrors.iter().cloned());
+    if let Some(domain) = &source.pin_domain {
+        opts.pin = Some(PinGate {
+            state_dir,
+            domain: domain.clone(),
+            required: source.require_pin,
+        });
+    }
     Ok(opts)
 }
 

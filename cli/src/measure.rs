@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use circ_cas::client::{OpenOptions, Rollback};
 use circ_cli_support::Exit;
 use circ_measured_boot::measurements::{self, ServedIndex, SourceError};
 use circ_measured_boot::pcr::{DOMAIN_PCR, FILE_PCR};
@@ -14,8 +15,9 @@ use circ_measured_boot::replay::Replay;
 use circ_measured_boot::xlcfg::ServedDisk;
 use circ_measured_boot::{eventlog, EventKind, EventLog, HashAlg, PcrIndex};
 use circ_tpm::{measure, EsapiTpm};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
+use crate::cas::ClientSettings;
 use crate::tpm::{parse_pcr, LogArgs, TpmArgs};
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +43,8 @@ pub enum MeasureCommand {
         tpm: TpmArgs,
         #[command(flatten)]
         log: LogArgs,
+        #[command(flatten)]
+        cas: CasDiskArgs,
         xl_cfg: PathBuf,
         /// PCR to extend (default 15, Circular's domain PCR).
         #[arg(long, value_parser = parse_pcr, default_value_t = DOMAIN_PCR)]
@@ -78,11 +82,15 @@ pub fn run(cmd: MeasureCommand) -> anyhow::Result<Exit> {
         MeasureCommand::Domain {
             tpm,
             log,
+            cas,
             xl_cfg,
             pcr,
         } => {
             let config = tpm.config(&log)?;
-            let plan = measurements::of_domain(&xl_cfg, pcr, &mut served_index)?;
+            // Planning fetches and pins each block-circ disk's index before
+            // anything is logged: a pin restricts what is served, so one left
+            // by a measurement that then fails grants nothing.
+            let plan = measurements::of_domain(&xl_cfg, pcr, &mut cas.served_index(Pin::Write))?;
             let mut dev = EsapiTpm::open(&config.tcti)?;
             let mut log = EventLog::open(&config.log)?;
             for m in plan {
@@ -114,11 +122,60 @@ pub fn run(cmd: MeasureCommand) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// The index `block-circ` will serve for a disk.
-pub fn served_index(_domain: &str, disk: &ServedDisk) -> Result<ServedIndex, SourceError> {
-    Err(format!(
-        "measuring the index block-circ serves from {} is not supported yet",
-        disk.target
-    )
-    .into())
+/// Where `circ measure domain` and `circ attest policy` find what a
+/// `block-circ` disk will be served from: cas-blk's client settings, as the
+/// hotplug script passes them to `circ cas nbd`.
+#[derive(Debug, Args)]
+pub struct CasDiskArgs {
+    /// cas-blk client settings (TOML) [default: /etc/circular/cas.toml if it exists].
+    #[arg(long, env = "CIRC_CAS_CONFIG")]
+    cas_config: Option<PathBuf>,
+    /// The cas-blk publisher's public key.
+    #[arg(long, env = "CIRC_CAS_PUBKEY")]
+    cas_pubkey: Option<PathBuf>,
+    /// cas-blk's state directory, which holds the pins [default: /var/lib/circular/cas].
+    #[arg(long, env = "CIRC_CAS_STATE_DIR")]
+    cas_state_dir: Option<PathBuf>,
+}
+
+/// Whether fetching a served disk's index pins it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// Measuring: the disk may then be served from this index only.
+    Write,
+    /// Building a policy: look, change nothing.
+    No,
+}
+
+impl CasDiskArgs {
+    /// The index bytes `block-circ` will serve for a disk, fetched and
+    /// verified by cas-blk's client (signature, image asked for), pinned
+    /// for the domain's disk when `pin` says so.
+    pub fn served_index(
+        &self,
+        pin: Pin,
+    ) -> impl FnMut(&str, &ServedDisk) -> Result<ServedIndex, SourceError> + '_ {
+        move |domain, disk| {
+            let (config, public_key, state_dir) = ClientSettings {
+                config: self.cas_config.as_deref(),
+                pubkey: self.cas_pubkey.as_deref(),
+                state_dir: self.cas_state_dir.as_deref(),
+            }
+            .resolve()?;
+            let mut opts = OpenOptions::new(disk.target.clone(), public_key, Rollback::Unchecked);
+            opts.mirrors = config.mirrors;
+            opts.image = config.image;
+            let verified = match pin {
+                Pin::Write => circ_cas::pin::pin_served_index(&opts, &state_dir, domain)?,
+                Pin::No => circ_cas::client::fetch_verified_index(&opts)?,
+            };
+            Ok(ServedIndex {
+                description: Some(format!(
+                    "cas-blk image {} generation {}",
+                    verified.index.name, verified.index.generation
+                )),
+                bytes: verified.bytes,
+            })
+        }
+    }
 }

@@ -3,82 +3,9 @@
 
 mod common;
 
-use common::{circ, ok, s};
-use std::io::{BufRead as _, BufReader};
-use std::net::TcpStream;
+use common::{circ, circ_serve, ok, python_serve, s, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// Kills the server process when the test ends, pass or fail.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn circ_serve(store: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_circ"))
-        .args(["cas", "serve", s(store), "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("circ cas serve starts");
-    // The first line names the bound address; reading it waits for bind.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("serving line")
-        .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    Server { child, url }
-}
-
-fn python_serve(store: &Path) -> Server {
-    // Reserve a free port, then let python bind it.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            s(store),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 runs");
-    let server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}/"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "python http.server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server
-}
+use std::process::{Command, Output};
 
 struct Setup {
     dir: tempfile::TempDir,

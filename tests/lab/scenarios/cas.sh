@@ -6,7 +6,8 @@
 # its name) gives the guest an I/O error, never wrong data; an index is
 # only accepted for the image its URL names; a new generation is seen after
 # a reboot; the old one only with an explicit rollback, the state of which
-# lives in /var/lib/circular/cas, not in the cache.
+# lives in /var/lib/circular/cas, not in the cache; a measured disk is served
+# from the measured index only.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
@@ -261,5 +262,32 @@ check "cas-7 reads the file cas-6 wrote" \
     grep -q "circ-check: sha1 written.txt $(echo "written by the guest on a writable cas-blk disk" | sha1sum | cut -d' ' -f1)" "$(console_of cas-7)"
 check_eq "cas-7: every other file as in generation 2" "$(cat "$LAB_OUT/cas-sums-2.txt")" "$(guest_sums cas-7 | grep -v '^sha1 written.txt ')"
 check "cas-7 destroyed" xl destroy cas-7
+
+# --- 6. a measured disk is served from the measured index only -------------
+# `circ measure domain` (dom0's TPM) measures the index bytes cas-blk serves
+# for the block-circ disk and pins them for cas-8's disk; block-circ then
+# refuses any other index for it, until the domain is measured again.
+export CIRC_MEASURE_LOG=$LAB_OUT/measurements.log
+cfg8=$(GUEST_EXTRA_CONFIG=$(disk_line "$url") guest_config cas-8 pv)
+index_sha256() { sha256sum <"$store/indexes/img.cidx" | cut -d' ' -f1; }
+check "circ measure domain cas-8 measures and pins its block-circ disk" \
+    sh -c "circ measure domain '$cfg8' >'$LAB_OUT/measure-cas-8.txt' 2>&1"
+check "the measurement is the served index's bytes, under its URL" \
+    grep -q "$url (cas-blk image img generation 3) sha256:$(index_sha256)" "$LAB_OUT/measure-cas-8.txt"
+check "guest cas-8 boots on its measured disk" boot_guest cas-8 "$url"
+check "cas-8 destroyed" xl destroy cas-8
+# Its next boot must not find this boot's lines in the console log.
+mv "$(console_of cas-8)" "$(console_of cas-8).gen3"
+check "generation 4 published after the measurement" \
+    sh -c "circ cas pack '$work/img2' '$store' --key '$work/key' --name img --json >'$LAB_OUT/pack-4.json'"
+check "cas-8 on an index other than the measured one is refused (xl create fails)" \
+    sh -c "! xl create '$cfg8' >>'$LAB_OUT/xl.log' 2>&1"
+check "the hotplug script reported the unmeasured index" \
+    grep -q "is not the one measured" /run/circular/cas/*.log
+xl destroy cas-8 >/dev/null 2>&1
+check "circ measure domain cas-8 again pins generation 4" \
+    sh -c "circ measure domain '$cfg8' | grep -q 'generation 4) sha256:$(index_sha256)'"
+check "guest cas-8 boots on generation 4 once measured again" boot_guest cas-8 "$url"
+check "cas-8 destroyed" xl destroy cas-8
 check_eq "only Domain-0 remains" 1 "$(xl list | tail -n +2 | wc -l)"
 cp /run/circular/cas/*.log "$LAB_OUT/" 2>/dev/null
