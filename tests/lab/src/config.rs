@@ -26,6 +26,10 @@ pub struct DebianConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
+    /// The QEMU system emulator (a name on PATH or a path).
+    pub qemu: String,
+    /// QEMU's `-accel` value.
+    pub accel: String,
     pub memory_mib: u32,
     pub cpus: u32,
     pub cpu: String,
@@ -35,6 +39,27 @@ pub struct MachineConfig {
     pub payload_size_mib: u32,
     /// Give dom0 a TPM 2.0 (QEMU's TPM TIS backed by a fresh swtpm per run).
     pub tpm: bool,
+}
+
+impl MachineConfig {
+    /// `CIRC_LAB_QEMU`, `CIRC_LAB_ACCEL` and `CIRC_LAB_CPU` replace the
+    /// configured emulator, accelerator and CPU model for one run: for
+    /// measuring a change (docs/lab.md, "PVH boot reliability") before it
+    /// goes into lab.toml. Overridden runs say so in their log.
+    fn apply_env_overrides(&mut self) {
+        for (var, field) in [
+            ("CIRC_LAB_QEMU", &mut self.qemu),
+            ("CIRC_LAB_ACCEL", &mut self.accel),
+            ("CIRC_LAB_CPU", &mut self.cpu),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                if !value.is_empty() {
+                    tracing::warn!("{var}={value} overrides lab.toml's {field:?}");
+                    *field = value;
+                }
+            }
+        }
+    }
 }
 
 /// Limits of one scenario run.
@@ -73,6 +98,7 @@ impl LabConfig {
         let mut config =
             Self::parse(&text).map_err(|source| LabError::ConfigParse { path, source })?;
         config.root = root.to_path_buf();
+        config.machine.apply_env_overrides();
         config.cache_dir = cache_dir;
         Ok(config)
     }

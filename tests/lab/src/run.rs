@@ -324,8 +324,8 @@ fn qemu_command(
     channel: &Path,
 ) -> Command {
     let machine = &config.machine;
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg,thread=multi"])
+    let mut qemu = Command::new(&machine.qemu);
+    qemu.args(["-accel", &machine.accel])
         .args(["-smp", &machine.cpus.to_string()])
         .args(["-cpu", &machine.cpu])
         .args(["-m", &machine.memory_mib.to_string()])
