@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use circ_hv::populated::populated_ranges;
 use circ_hv::{
     DomId, ErrorKind, ForeignMapping, ForeignMemory, Gfn, GfnRange, HvError, Hypervisor, Placement,
     Protection, SharePage, SharingHandle, XenStore, PAGE_SIZE,
@@ -429,7 +430,7 @@ where
             return Ok(Vec::new());
         };
         if scan.ranges_signature != Some(signature) || scan.ranges_age >= RANGES_REFRESH_ROUNDS {
-            scan.ranges = self.hv.populated_ranges(dom)?;
+            scan.ranges = populated_ranges(self.hv, self.fm, dom)?;
             scan.ranges_signature = Some(signature);
             scan.ranges_age = 0;
         }

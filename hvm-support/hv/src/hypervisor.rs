@@ -3,9 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    DomId, ErrorKind, Gfn, GfnRange, GrantRef, HvError, SharingEvents, SharingHandle, PAGE_SIZE,
-};
+use crate::{DomId, ErrorKind, Gfn, GrantRef, HvError, SharingEvents, SharingHandle, PAGE_SIZE};
 
 /// Hypervisor version as reported by `XENVER_version` / `XENVER_extraversion`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,12 +190,9 @@ pub trait Hypervisor {
     fn unpause(&self, dom: DomId) -> Result<(), HvError>;
 
     /// Highest gfn the domain's p2m covers. Often far above its RAM: a
-    /// 128 MiB PVH guest has special pages just below 4 GiB.
+    /// 128 MiB PVH guest has special pages just below 4 GiB. Which gfns
+    /// below it are populated: [`crate::populated::populated_ranges`].
     fn maximum_gpfn(&self, dom: DomId) -> Result<Gfn, HvError>;
-
-    /// The gfns that are backed by memory, as sorted, disjoint ranges.
-    /// Only for translated guests (HVM, PVH); see the implementation for cost.
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError>;
 
     /// Turn memory sharing on or off for a domain (`xc_memshr_control`);
     /// nominate fails until it is on.

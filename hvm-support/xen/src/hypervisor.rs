@@ -3,10 +3,9 @@
 use std::ffi::{c_char, c_void};
 use std::mem;
 
-use circ_hv::populated::probe_populated;
 use circ_hv::{
-    DomId, DomainInfo, ErrorKind, Gfn, GfnRange, GrantRef, HvError, Hypervisor, PhysInfo,
-    SharePage, SharingEvents, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
+    DomId, DomainInfo, ErrorKind, Gfn, GrantRef, HvError, Hypervisor, PhysInfo, SharePage,
+    SharingEvents, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
 };
 use circ_xen_sys as sys;
 
@@ -197,21 +196,6 @@ impl Hypervisor for XenHypervisor {
             format!("failed to get the maximum gpfn of domain {dom}")
         })?;
         Ok(Gfn(gpfn))
-    }
-
-    /// Probes `0..=maximum_gpfn` with batched read-only foreign maps (see
-    /// [`circ_hv::populated`]). Pause the domain first for a stable answer.
-    /// PV guests: `NotSupported` (their frames are MFNs, with no p2m in Xen).
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError> {
-        if !self.domain(dom)?.domain_type.is_translated() {
-            return Err(HvError::with_kind(
-                format!("domain {dom} is PV: populated ranges need a translated (HVM/PVH) guest"),
-                ErrorKind::NotSupported,
-                None,
-            ));
-        }
-        let max = self.maximum_gpfn(dom)?;
-        probe_populated(&self.fmem, dom, max)
     }
 
     fn set_sharing(&self, dom: DomId, enable: bool) -> Result<(), HvError> {

@@ -7,8 +7,8 @@ use super::sharing_events::Rings;
 use super::{os_err, FakeSharingEvents};
 use crate::{
     DomId, DomainInfo, DomainState, DomainType, Errno, ErrorKind, ForeignMapping, ForeignMemory,
-    Gfn, GfnRange, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage,
-    SharingHandle, VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
+    Gfn, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, SharingHandle,
+    VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
 };
 
 type FrameId = u64;
@@ -400,21 +400,6 @@ impl Hypervisor for FakeHypervisor {
             .unwrap_or(Gfn(0)))
     }
 
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError> {
-        let host = self.lock();
-        let d = host.domain(dom)?;
-        if !d.domain_type.is_translated() {
-            return Err(HvError::with_kind(
-                "PV guests have no p2m",
-                ErrorKind::NotSupported,
-                None,
-            ));
-        }
-        let mut ranges = crate::populated::RangeBuilder::default();
-        d.p2m.keys().for_each(|g| ranges.push(*g));
-        Ok(ranges.finish())
-    }
-
     fn set_sharing(&self, dom: DomId, enable: bool) -> Result<(), HvError> {
         let mut host = self.lock();
         if !host.sharing_supported {
@@ -667,6 +652,8 @@ impl Drop for FakeForeignMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::populated::populated_ranges;
+    use crate::GfnRange;
 
     const A: DomId = DomId(1);
     const B: DomId = DomId(2);
@@ -825,15 +812,16 @@ mod tests {
         hv.set_page(A, Gfn(8), b"");
         hv.set_page(A, Gfn(0xfeff0), b"");
         assert_eq!(hv.maximum_gpfn(A).unwrap(), Gfn(0xfeff0));
+        let fm = hv.foreign_memory();
         assert_eq!(
-            hv.populated_ranges(A).unwrap(),
+            populated_ranges(&hv, &fm, A).unwrap(),
             [
                 GfnRange::new(Gfn(7), Gfn(9)),
                 GfnRange::new(Gfn(0xfeff0), Gfn(0xfeff1))
             ]
         );
         assert_eq!(
-            hv.populated_ranges(DomId::DOM0).unwrap_err().kind(),
+            populated_ranges(&hv, &fm, DomId::DOM0).unwrap_err().kind(),
             ErrorKind::NotSupported
         );
     }
