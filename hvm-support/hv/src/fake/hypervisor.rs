@@ -7,8 +7,8 @@ use super::sharing_events::Rings;
 use super::{os_err, FakeSharingEvents};
 use crate::{
     DomId, DomainInfo, DomainState, DomainType, Errno, ErrorKind, ForeignMapping, ForeignMemory,
-    Gfn, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, SharingHandle,
-    VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
+    Gfn, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, ShareSide,
+    SharingHandle, VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
 };
 
 type FrameId = u64;
@@ -450,11 +450,13 @@ impl Hypervisor for FakeHypervisor {
             let id = *host.domain(page.dom).ok()?.p2m.get(&page.gfn)?;
             (host.frames.get(&id)?.handle == Some(page.handle.0)).then_some(id)
         };
-        let stale =
-            |errno| HvError::with_kind(what.clone(), ErrorKind::StaleHandle, Some(Errno(errno)));
-        // Xen's XENMEM_SHARING_OP_{S,C}_HANDLE_INVALID are 10 and 9.
-        let src = frame_with(&host, source).ok_or_else(|| stale(10))?;
-        let cli = frame_with(&host, client).ok_or_else(|| stale(9))?;
+        // As Xen: the side's XENMEM_SHARING_OP_*_HANDLE_INVALID as errno.
+        let stale = |side: ShareSide| {
+            let errno = side.stale_handle_errno();
+            HvError::with_kind(what.clone(), ErrorKind::StaleHandle(side), Some(errno))
+        };
+        let src = frame_with(&host, source).ok_or_else(|| stale(ShareSide::Source))?;
+        let cli = frame_with(&host, client).ok_or_else(|| stale(ShareSide::Client))?;
         if src == cli {
             return Ok(());
         }
@@ -719,7 +721,7 @@ mod tests {
         let err = hv
             .share(page(A, Gfn(7), ha), page(B, Gfn(7), hb))
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::StaleHandle);
+        assert_eq!(err.kind(), ErrorKind::StaleHandle(ShareSide::Client));
     }
 
     #[test]
