@@ -4,10 +4,11 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use circ_cli_support::memshare::ScanArgs;
 use circ_cli_support::Exit;
 use circ_memshare::policy::{self, domain_name, Policy, POLICY_ROOT};
 use circ_memshare::status::DEFAULT_STATUS_FILE;
-use circ_memshare::{DaemonStatus, ScanArgs, ShareStatus};
+use circ_memshare::{DaemonStatus, ShareStatus};
 use circ_xen::{XenHypervisor, XenStoreHandle};
 use clap::Subcommand;
 use serde::Serialize;
@@ -51,7 +52,10 @@ pub fn run(cmd: ShareCommand) -> anyhow::Result<Exit> {
             }
         }
         ShareCommand::Scan(args) => {
-            circ_memshare::run(&hv, hv.foreign_memory(), &xs, &args, &mut out)?;
+            // Values the library refuses were refused while parsing; should
+            // one get here, it is still a usage error (status 2).
+            let config = args.to_config().unwrap_or_else(|e| e.exit());
+            circ_memshare::run(&hv, hv.foreign_memory(), &xs, &config, &mut out)?;
         }
         ShareCommand::Enable { domain } => {
             let dom = policy::enable(&hv, &xs, &domain)?;

@@ -5,6 +5,7 @@
 
 use anyhow::Context as _;
 use circ_cli_support::Exit;
+use circ_hv::populated::populated_ranges;
 use circ_hv::report::HostReport;
 use circ_hv::{console, DomId, GrantTable as _, Hypervisor as _, Transaction, XenStore as _};
 use circ_xen::{XenGrantTable, XenHypervisor, XenStoreHandle};
@@ -166,7 +167,7 @@ fn memory(dom: DomId, json: bool) -> anyhow::Result<()> {
     let hv = XenHypervisor::open()?;
     let max_gpfn = hv.maximum_gpfn(dom)?;
     let started = std::time::Instant::now();
-    let ranges = hv.populated_ranges(dom)?;
+    let ranges = populated_ranges(&hv, hv.foreign_memory(), dom)?;
     let probe_ms = started.elapsed().as_millis();
     let pages: u64 = ranges.iter().map(|r| r.len()).sum();
     let mut out = std::io::stdout().lock();

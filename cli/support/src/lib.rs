@@ -1,7 +1,12 @@
 //! What every Circular binary's `main` shares (`circ`, `circ-memshare`,
 //! `circ-lab`, the daemons to come): one table of exit statuses that scripts
-//! can branch on, and one logging set-up.
+//! can branch on, and one logging set-up. Flags that two mains take alike
+//! live here too, each behind a feature: [`memshare`] (`circ-memshare` and
+//! `circ share scan`).
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "memshare")]
+pub mod memshare;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

@@ -1,98 +1,17 @@
 //! The daemon loop shared by `circ-memshare` and `circ share scan`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use circ_hv::{DomId, ForeignMemory, Hypervisor, XenStore};
 
+use crate::config::MemshareConfig;
 use crate::cpu::CpuTime;
-use crate::enomem::{EnomemConfig, EnomemHandler};
+use crate::enomem::EnomemHandler;
 use crate::policy::{domain_name, prune_stale, resolve_domain, Policy};
-use crate::scanner::{RoundSummary, ScanConfig, SharingScanner};
-use crate::status::{write_atomically, DaemonStatus, ShareStatus, DEFAULT_STATUS_FILE};
-use crate::throttle::Limits;
+use crate::scanner::{RoundSummary, SharingScanner};
+use crate::status::{write_atomically, DaemonStatus, ShareStatus};
 use crate::MemshareError;
-
-/// Options of a scanning run (flags of `circ-memshare` and `circ share scan`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ScanArgs {
-    /// Scan only this domain (name or domid; repeatable). Default: every
-    /// opted-in domain. A domain must be opted in either way.
-    #[arg(long = "domain", value_name = "DOMAIN")]
-    pub domains: Vec<String>,
-    /// One round, then exit. Pages equal now are shared at once (no
-    /// waiting for a second round to see them unchanged).
-    #[arg(long)]
-    pub once: bool,
-    /// Stop after this many rounds (default: run until killed).
-    #[arg(long, value_name = "N")]
-    pub rounds: Option<u64>,
-    /// Seconds to rest between rounds.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    pub interval: f64,
-    /// Pages read per second at most (0: no limit).
-    #[arg(long, default_value_t = 50_000)]
-    pub pages_per_sec: u64,
-    /// Fraction of one CPU the scan may use, in (0, 1].
-    #[arg(long, default_value_t = 0.5, value_parser = parse_budget)]
-    pub cpu_budget: f64,
-    /// Share pages that are equal in one round, without waiting for a
-    /// second round to see them unchanged.
-    #[arg(long)]
-    pub no_stability_wait: bool,
-    /// Status file rewritten after every round (read by `circ share status`).
-    #[arg(long, default_value = DEFAULT_STATUS_FILE, value_name = "PATH")]
-    pub status_file: PathBuf,
-    /// Also write Prometheus metrics (text format) to this file.
-    #[arg(long, value_name = "PATH")]
-    pub prometheus: Option<PathBuf>,
-    /// Print each round's summary as one JSON line instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// When a copy-on-write break finds no free memory (the vCPU is then
-    /// paused, see docs/memshare.md), balloon dom0 down by this many MiB
-    /// per step.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
-    pub enomem_balloon_mib: u64,
-    /// Never balloon dom0 below this many MiB.
-    #[arg(long, default_value_t = 512, value_name = "MIB")]
-    pub dom0_min_mib: u64,
-    /// Resume vCPUs paused for memory once Xen has this many MiB free.
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
-    pub enomem_resume_mib: u64,
-}
-
-fn parse_budget(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err("must be in (0, 1]".into())
-    }
-}
-
-impl ScanArgs {
-    pub fn config(&self) -> ScanConfig {
-        ScanConfig {
-            limits: Limits {
-                pages_per_sec: self.pages_per_sec,
-                cpu_budget: self.cpu_budget,
-            },
-            require_stable: !(self.once || self.no_stability_wait),
-            ..ScanConfig::default()
-        }
-    }
-
-    pub fn enomem_config(&self) -> EnomemConfig {
-        EnomemConfig {
-            balloon_step_kib: self.enomem_balloon_mib.saturating_mul(1024),
-            dom0_min_kib: self.dom0_min_mib.saturating_mul(1024),
-            resume_free_kib: self.enomem_resume_mib.saturating_mul(1024),
-            ..EnomemConfig::default()
-        }
-    }
-}
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -101,13 +20,14 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Scan rounds until `--once`/`--rounds` says stop (or forever), writing
+/// Scan rounds until `once`/`rounds` says stop (or forever), writing
 /// the status file (and Prometheus file) after each and a line to `out`.
+/// `args` is validated first ([`MemshareConfig::validate`]).
 pub fn run<H, F, S>(
     hv: &H,
     fm: &F,
     xs: &S,
-    args: &ScanArgs,
+    args: &MemshareConfig,
     out: &mut dyn Write,
 ) -> Result<(), MemshareError>
 where
@@ -115,7 +35,8 @@ where
     F: ForeignMemory,
     S: XenStore,
 {
-    let mut scanner = SharingScanner::new(hv, fm, xs, args.config());
+    args.validate()?;
+    let mut scanner = SharingScanner::new(hv, fm, xs, args.scan_config());
     let mut status = DaemonStatus {
         pid: std::process::id(),
         started_unix_ms: unix_ms(),

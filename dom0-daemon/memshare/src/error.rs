@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use circ_hv::{DomId, ErrorKind, HvError};
 
+use crate::config::ConfigError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MemshareError {
     /// The hypervisor has no memory sharing (stock Debian Xen is built
@@ -29,6 +31,8 @@ pub enum MemshareError {
     },
     #[error(transparent)]
     Hv(#[from] HvError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl MemshareError {

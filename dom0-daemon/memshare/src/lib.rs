@@ -8,6 +8,7 @@
 //! `docs/memshare.md` for the design and what the operator sees.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod cpu;
 pub mod daemon;
 pub mod enomem;
@@ -18,8 +19,9 @@ pub mod scanner;
 pub mod status;
 pub mod throttle;
 
+pub use config::{ConfigError, MemshareConfig};
 pub use cpu::CpuTime;
-pub use daemon::{run, ScanArgs};
+pub use daemon::run;
 pub use enomem::{EnomemConfig, EnomemHandler, EnomemStats};
 pub use error::MemshareError;
 pub use hash::{PageHasher, PageKey, Xxh3Hasher};

@@ -28,9 +28,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use circ_hv::populated::populated_ranges;
 use circ_hv::{
     DomId, ErrorKind, ForeignMapping, ForeignMemory, Gfn, GfnRange, HvError, Hypervisor, Placement,
-    Protection, SharePage, SharingHandle, XenStore, PAGE_SIZE,
+    Protection, SharePage, ShareSide, SharingHandle, XenStore, PAGE_SIZE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +39,6 @@ use crate::hash::{PageHasher, PageKey, Xxh3Hasher};
 use crate::policy::{domain_name, Eligibility, Policy};
 use crate::throttle::{Clock, Limits, SystemClock, Throttle};
 use crate::MemshareError;
-
-/// Xen's `XENMEM_SHARING_OP_S_HANDLE_INVALID`: the source changed.
-const SOURCE_HANDLE_INVALID: i32 = 10;
 
 /// Rounds a domain's populated ranges are reused for at most.
 const RANGES_REFRESH_ROUNDS: u32 = 30;
@@ -429,7 +427,7 @@ where
             return Ok(Vec::new());
         };
         if scan.ranges_signature != Some(signature) || scan.ranges_age >= RANGES_REFRESH_ROUNDS {
-            scan.ranges = self.hv.populated_ranges(dom)?;
+            scan.ranges = populated_ranges(self.hv, self.fm, dom)?;
             scan.ranges_signature = Some(signature);
             scan.ranges_age = 0;
         }
@@ -640,14 +638,15 @@ where
                             }
                         });
                     }
-                    Err(e) if e.kind() == ErrorKind::StaleHandle => {
-                        if e.errno().map(|e| e.0) == Some(SOURCE_HANDLE_INVALID) {
-                            self.count(source.dom, round, |s, r| {
-                                s.rejected_changed += 1;
-                                r.rejected_changed += 1;
-                            });
-                            return false;
-                        }
+                    // The source changed: its group is done for this round.
+                    Err(e) if e.kind() == ErrorKind::StaleHandle(ShareSide::Source) => {
+                        self.count(source.dom, round, |s, r| {
+                            s.rejected_changed += 1;
+                            r.rejected_changed += 1;
+                        });
+                        return false;
+                    }
+                    Err(e) if e.kind() == ErrorKind::StaleHandle(ShareSide::Client) => {
                         self.count(dom, round, |s, r| {
                             s.rejected_changed += 1;
                             r.rejected_changed += 1;

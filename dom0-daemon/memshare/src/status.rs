@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
+use circ_hv::report::{Align, Table};
 use circ_hv::{
     pages_to_kib, DomainState, DomainType, ErrorKind, HvError, Hypervisor, XenStore, PAGE_SIZE,
 };
@@ -266,33 +267,31 @@ impl ShareStatus {
             }
         }
         let _ = writeln!(out);
-        let w = self
-            .domains
-            .iter()
-            .map(|d| d.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        let _ = writeln!(
-            out,
-            "{:>5}  {:<w$}  {:<4}  {:<14}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}",
-            "ID", "NAME", "TYPE", "POLICY", "MEM(MiB)", "SHR", "SCANNED", "SHARED", "UNSHARED"
-        );
+        let mut table = Table::new(&[
+            ("ID", Align::Right, 5),
+            ("NAME", Align::Left, 0),
+            ("TYPE", Align::Left, 4),
+            ("POLICY", Align::Left, 14),
+            ("MEM(MiB)", Align::Right, 8),
+            ("SHR", Align::Right, 9),
+            ("SCANNED", Align::Right, 9),
+            ("SHARED", Align::Right, 9),
+            ("UNSHARED", Align::Right, 9),
+        ]);
         for d in &self.domains {
-            let _ = writeln!(
-                out,
-                "{:>5}  {:<w$}  {:<4}  {:<14}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}",
-                d.domid,
-                d.name,
-                d.domain_type.as_str(),
-                d.policy.as_str(),
-                d.memory_kib / 1024,
-                d.shr_pages,
-                d.pages_scanned,
-                d.pages_shared,
-                d.unshared_since
-            );
+            table.row([
+                d.domid.to_string(),
+                d.name.clone(),
+                d.domain_type.as_str().to_owned(),
+                d.policy.as_str().to_owned(),
+                (d.memory_kib / 1024).to_string(),
+                d.shr_pages.to_string(),
+                d.pages_scanned.to_string(),
+                d.pages_shared.to_string(),
+                d.unshared_since.to_string(),
+            ]);
         }
+        let _ = write!(out, "{table}");
         out
     }
 

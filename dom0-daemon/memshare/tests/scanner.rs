@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 
 use circ_hv::fake::{FakeForeignMemory, FakeHypervisor, FakeXenStore};
 use circ_hv::{
-    DomId, DomainInfo, DomainType, ErrorKind, ForeignMapping, ForeignMemory, Gfn, GfnRange,
-    GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, SharingHandle,
-    Transaction, VcpuRegs, XenStore, XenVersion, PAGE_SIZE,
+    DomId, DomainInfo, DomainType, ErrorKind, ForeignMapping, ForeignMemory, Gfn, GrantRef,
+    HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, SharingHandle, Transaction,
+    VcpuRegs, XenStore, XenVersion, PAGE_SIZE,
 };
 use circ_memshare::policy::{enable, policy_key};
 use circ_memshare::throttle::{Limits, SystemClock};
@@ -324,9 +324,6 @@ impl Hypervisor for Racing<'_> {
     }
     fn maximum_gpfn(&self, dom: DomId) -> Result<Gfn, HvError> {
         self.hv.maximum_gpfn(dom)
-    }
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError> {
-        self.hv.populated_ranges(dom)
     }
     fn set_sharing(&self, dom: DomId, enable: bool) -> Result<(), HvError> {
         self.hv.set_sharing(dom, enable)

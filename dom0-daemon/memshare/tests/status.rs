@@ -3,14 +3,7 @@
 use circ_hv::fake::{FakeHypervisor, FakeXenStore};
 use circ_hv::{DomId, DomainType, Gfn, Transaction, XenStore, PAGE_SIZE};
 use circ_memshare::policy::enable;
-use circ_memshare::{run, DaemonStatus, ScanArgs, ShareStatus};
-use clap::Parser;
-
-#[derive(Debug, Parser)]
-struct Args {
-    #[command(flatten)]
-    scan: ScanArgs,
-}
+use circ_memshare::{run, DaemonStatus, MemshareConfig, ShareStatus};
 
 fn host() -> (FakeHypervisor, FakeXenStore) {
     let hv = FakeHypervisor::new();
@@ -36,31 +29,25 @@ fn host() -> (FakeHypervisor, FakeXenStore) {
     (hv, xs)
 }
 
-/// Runs the daemon with `extra` flags, JSON output, a status file and a
+/// Runs the daemon with `config`, plus JSON output, a status file and a
 /// metrics file, and no rate limit; returns what it printed.
 fn run_unthrottled(
     hv: &FakeHypervisor,
     xs: &FakeXenStore,
-    extra: &[&str],
+    config: MemshareConfig,
     status_file: &std::path::Path,
     prom: &std::path::Path,
 ) -> Vec<u8> {
-    let mut argv = vec!["x"];
-    argv.extend_from_slice(extra);
-    argv.extend([
-        "--json",
-        "--status-file",
-        status_file.to_str().unwrap(),
-        "--prometheus",
-        prom.to_str().unwrap(),
-        "--pages-per-sec",
-        "0",
-        "--cpu-budget",
-        "1",
-    ]);
-    let args = Args::parse_from(argv);
+    let config = MemshareConfig {
+        json: true,
+        status_file: status_file.to_owned(),
+        prometheus: Some(prom.to_owned()),
+        pages_per_sec: 0,
+        cpu_budget: 1.0,
+        ..config
+    };
     let mut out = Vec::new();
-    run(hv, &hv.foreign_memory(), xs, &args.scan, &mut out).unwrap();
+    run(hv, &hv.foreign_memory(), xs, &config, &mut out).unwrap();
     out
 }
 
@@ -70,7 +57,11 @@ fn once_shares_writes_the_status_file_and_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("run/memshare.json");
     let prom = dir.path().join("memshare.prom");
-    let out = run_unthrottled(&hv, &xs, &["--once"], &status_file, &prom);
+    let once = MemshareConfig {
+        once: true,
+        ..MemshareConfig::default()
+    };
+    let out = run_unthrottled(&hv, &xs, once, &status_file, &prom);
 
     let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(line["round"], 1);
@@ -145,20 +136,14 @@ fn domain_filter_and_pruning_of_keys_of_gone_domains() {
     hv.remove_domain(DomId(3));
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("s.json");
-    let args = Args::parse_from([
-        "x",
-        "--once",
-        "--domain",
-        "g1",
-        "--domain",
-        "g2",
-        "--domain",
-        "no-such-guest",
-        "--status-file",
-        status_file.to_str().unwrap(),
-    ]);
+    let config = MemshareConfig {
+        once: true,
+        domains: ["g1", "g2", "no-such-guest"].map(String::from).to_vec(),
+        status_file,
+        ..MemshareConfig::default()
+    };
     let mut out = Vec::new();
-    run(&hv, &hv.foreign_memory(), &xs, &args.scan, &mut out).unwrap();
+    run(&hv, &hv.foreign_memory(), &xs, &config, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("round 1: 2 domain(s)"), "{text}");
     assert!(
@@ -180,7 +165,11 @@ fn status_counts_pages_scanned_over_rounds_and_the_daemons_cpu_time() {
     run_unthrottled(
         &hv,
         &xs,
-        &["--rounds", "3", "--interval", "0"],
+        MemshareConfig {
+            rounds: Some(3),
+            interval: 0.0,
+            ..MemshareConfig::default()
+        },
         &status_file,
         &prom,
     );
@@ -252,4 +241,24 @@ fn a_status_file_of_an_older_daemon_still_reads() {
         d.cpu_seconds_per_gib_scanned, None,
         "nothing scanned: no ratio"
     );
+}
+
+#[test]
+fn an_invalid_config_is_refused_before_the_first_round() {
+    let (hv, xs) = host();
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("s.json");
+    let config = MemshareConfig {
+        once: true,
+        cpu_budget: 0.0,
+        status_file: status_file.clone(),
+        ..MemshareConfig::default()
+    };
+    let mut out = Vec::new();
+    let err = run(&hv, &hv.foreign_memory(), &xs, &config, &mut out).unwrap_err();
+    assert!(
+        matches!(&err, circ_memshare::MemshareError::Config(e) if e.field == "cpu_budget"),
+        "{err}"
+    );
+    assert!(out.is_empty() && !status_file.exists());
 }

@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::ShareSide;
+
 /// A raw `errno` value as returned by a Xen library call or a hypercall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Errno(pub i32);
@@ -32,8 +34,8 @@ pub enum ErrorKind {
     /// Xen rejected an argument (`EINVAL`), or the caller's input was bad.
     InvalidInput,
     /// A memory-sharing handle was invalidated (the page changed after it was
-    /// nominated); nominate again.
-    StaleHandle,
+    /// nominated), on this side of the share; nominate again.
+    StaleHandle(ShareSide),
     /// Anything else, with the errno if there was one.
     Other(Option<i32>),
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DomId, ErrorKind, Gfn, GfnRange, GrantRef, HvError, SharingEvents, SharingHandle, PAGE_SIZE,
+    DomId, Errno, ErrorKind, Gfn, GrantRef, HvError, SharingEvents, SharingHandle, PAGE_SIZE,
 };
 
 /// Hypervisor version as reported by `XENVER_version` / `XENVER_extraversion`.
@@ -156,6 +156,38 @@ pub struct SharePage {
     pub handle: SharingHandle,
 }
 
+/// Which page of a share: the source, whose frame is kept, or the client,
+/// whose frame is given up for the source's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShareSide {
+    Source,
+    Client,
+}
+
+/// Xen's `XENMEM_SHARING_OP_S_HANDLE_INVALID` and `..._C_HANDLE_INVALID`:
+/// share returns them as errno (they are not EBADF/ECHILD there).
+const SHARING_S_HANDLE_INVALID: i32 = 10;
+const SHARING_C_HANDLE_INVALID: i32 = 9;
+
+impl ShareSide {
+    /// The side whose handle share found stale, from share's errno.
+    pub fn from_share_errno(errno: Errno) -> Option<Self> {
+        match errno.0 {
+            SHARING_S_HANDLE_INVALID => Some(ShareSide::Source),
+            SHARING_C_HANDLE_INVALID => Some(ShareSide::Client),
+            _ => None,
+        }
+    }
+
+    /// The errno share returns when this side's handle is stale.
+    pub fn stale_handle_errno(self) -> Errno {
+        Errno(match self {
+            ShareSide::Source => SHARING_S_HANDLE_INVALID,
+            ShareSide::Client => SHARING_C_HANDLE_INVALID,
+        })
+    }
+}
+
 /// The few vCPU registers a dom0 tool needs to walk a guest's page tables.
 ///
 /// For HVM/PVH `cr3` is a guest-physical address; for PV it is Xen's encoding
@@ -192,12 +224,9 @@ pub trait Hypervisor {
     fn unpause(&self, dom: DomId) -> Result<(), HvError>;
 
     /// Highest gfn the domain's p2m covers. Often far above its RAM: a
-    /// 128 MiB PVH guest has special pages just below 4 GiB.
+    /// 128 MiB PVH guest has special pages just below 4 GiB. Which gfns
+    /// below it are populated: [`crate::populated::populated_ranges`].
     fn maximum_gpfn(&self, dom: DomId) -> Result<Gfn, HvError>;
-
-    /// The gfns that are backed by memory, as sorted, disjoint ranges.
-    /// Only for translated guests (HVM, PVH); see the implementation for cost.
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError>;
 
     /// Turn memory sharing on or off for a domain (`xc_memshr_control`);
     /// nominate fails until it is on.
@@ -264,6 +293,25 @@ mod tests {
             shadow: false,
         };
         assert_eq!(caps.names(), ["pv", "hvm", "hap"]);
+    }
+
+    #[test]
+    fn share_errno_names_the_stale_side() {
+        for side in [ShareSide::Source, ShareSide::Client] {
+            assert_eq!(
+                ShareSide::from_share_errno(side.stale_handle_errno()),
+                Some(side)
+            );
+        }
+        assert_eq!(
+            ShareSide::from_share_errno(Errno(10)),
+            Some(ShareSide::Source)
+        );
+        assert_eq!(
+            ShareSide::from_share_errno(Errno(9)),
+            Some(ShareSide::Client)
+        );
+        assert_eq!(ShareSide::from_share_errno(Errno(libc::EINVAL)), None);
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub use evtchn::{EventChannel, EvtchnPort};
 pub use foreign::{ForeignMapping, ForeignMemory, Placement, Protection};
 pub use grant::{GrantCopy, GrantCopyError, GrantMapping, GrantTable};
 pub use hypervisor::{
-    pages_to_kib, DomainInfo, DomainState, DomainType, Hypervisor, PhysInfo, SharePage, VcpuRegs,
-    VirtCaps, XenVersion,
+    pages_to_kib, DomainInfo, DomainState, DomainType, Hypervisor, PhysInfo, SharePage, ShareSide,
+    VcpuRegs, VirtCaps, XenVersion,
 };
 pub use ids::{DomId, Gfn, GfnRange, GrantRef, Mfn, SharingHandle, PAGE_SIZE};
 pub use sharing_events::{Attached, EnomemRequest, SharingEvents};

@@ -11,9 +11,14 @@
 //! 128 MiB PVH guest with special pages just below 4 GiB that is ~1,020 calls.
 //! Callers that scan repeatedly should cache the result while the guest is
 //! paused.
+//!
+//! [`populated_ranges`] asks the [`Hypervisor`] what it knows (the domain's
+//! type, its maximum gpfn) and probes through the [`ForeignMemory`]: two
+//! seams, neither of which needs to know the other.
 
 use crate::{
-    DomId, ErrorKind, ForeignMapping, ForeignMemory, Gfn, GfnRange, HvError, Placement, Protection,
+    DomId, ErrorKind, ForeignMapping, ForeignMemory, Gfn, GfnRange, HvError, Hypervisor, Placement,
+    Protection,
 };
 
 /// Gfns per map call: 4 MiB of our address space at a time.
@@ -23,8 +28,28 @@ pub const PROBE_BATCH: usize = 1024;
 /// a guest can raise its own max gpfn, and should not buy hours of our time.
 pub const PROBE_LIMIT: u64 = 1 << 28;
 
+/// The gfns of `dom` that are backed by memory, as sorted, disjoint ranges:
+/// [`probe_populated`] over `0..=`[`Hypervisor::maximum_gpfn`]. Pause the
+/// domain first for a stable answer. Only for translated guests (HVM, PVH):
+/// a PV guest's frames are MFNs, with no p2m in Xen, so `NotSupported`.
+pub fn populated_ranges<H, F>(hv: &H, fm: &F, dom: DomId) -> Result<Vec<GfnRange>, HvError>
+where
+    H: Hypervisor + ?Sized,
+    F: ForeignMemory + ?Sized,
+{
+    if !hv.domain(dom)?.domain_type.is_translated() {
+        return Err(HvError::with_kind(
+            format!("domain {dom} is PV: populated ranges need a translated (HVM/PVH) guest"),
+            ErrorKind::NotSupported,
+            None,
+        ));
+    }
+    let max = hv.maximum_gpfn(dom)?;
+    probe_populated(fm, dom, max)
+}
+
 /// Populated ranges of `dom` in `0..=max_gpfn`, sorted and coalesced.
-pub fn probe_populated<F: ForeignMemory>(
+pub fn probe_populated<F: ForeignMemory + ?Sized>(
     fm: &F,
     dom: DomId,
     max_gpfn: Gfn,

@@ -1,10 +1,12 @@
 //! `circ xen info`: a host summary gathered through the traits, with its
-//! JSON schema (serde) and its table rendering.
+//! JSON schema (serde) and its table rendering; and [`Table`], the text
+//! table the per-domain listings are printed with (`circ xen info`,
+//! `circ share status`).
 //!
 //! The JSON field names are an interface: the lab's scenarios read them
 //! with jq. Change them only together with those scripts.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
@@ -106,33 +108,96 @@ impl HostReport {
             x.sharing_freed_kib, x.sharing_used_kib
         );
         let _ = writeln!(out);
-        let name_width = self
-            .domains
-            .iter()
-            .map(|d| d.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        let _ = writeln!(
-            out,
-            "{:>5}  {:<name_width$}  {:<4}  {:<8}  {:>9}  {:>9}  {:>5}  {:>10}",
-            "ID", "NAME", "TYPE", "STATE", "MEM(MiB)", "MAX(MiB)", "VCPUS", "SHARED"
-        );
+        let mut table = Table::new(&[
+            ("ID", Align::Right, 5),
+            ("NAME", Align::Left, 0),
+            ("TYPE", Align::Left, 4),
+            ("STATE", Align::Left, 8),
+            ("MEM(MiB)", Align::Right, 9),
+            ("MAX(MiB)", Align::Right, 9),
+            ("VCPUS", Align::Right, 5),
+            ("SHARED", Align::Right, 10),
+        ]);
         for d in &self.domains {
-            let _ = writeln!(
-                out,
-                "{:>5}  {:<name_width$}  {:<4}  {:<8}  {:>9}  {:>9}  {:>5}  {:>10}",
-                d.domid,
-                d.name,
-                d.domain_type.as_str(),
-                d.state.as_str(),
-                d.memory_kib / 1024,
-                d.max_memory_kib / 1024,
-                d.vcpus,
-                d.shared_pages
-            );
+            table.row([
+                d.domid.to_string(),
+                d.name.clone(),
+                d.domain_type.as_str().to_owned(),
+                d.state.as_str().to_owned(),
+                (d.memory_kib / 1024).to_string(),
+                (d.max_memory_kib / 1024).to_string(),
+                d.vcpus.to_string(),
+                d.shared_pages.to_string(),
+            ]);
         }
+        let _ = write!(out, "{table}");
         out
+    }
+}
+
+/// How a [`Table`] column lines its cells up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// A plain-text table: a header line, then one line per row, columns two
+/// spaces apart. A column is as wide as its widest cell (header included)
+/// and at least its minimum; a left-aligned last column is not padded.
+#[derive(Debug, Clone)]
+pub struct Table {
+    align: Vec<Align>,
+    min_width: Vec<usize>,
+    /// The header first.
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Columns as (header, alignment, minimum width).
+    pub fn new(columns: &[(&str, Align, usize)]) -> Self {
+        Self {
+            align: columns.iter().map(|c| c.1).collect(),
+            min_width: columns.iter().map(|c| c.2).collect(),
+            rows: vec![columns.iter().map(|c| c.0.to_owned()).collect()],
+        }
+    }
+
+    /// One row; cells beyond the header's columns are dropped, missing
+    /// ones are empty.
+    pub fn row(&mut self, cells: impl IntoIterator<Item = String>) {
+        let mut cells: Vec<String> = cells.into_iter().take(self.align.len()).collect();
+        cells.resize(self.align.len(), String::new());
+        self.rows.push(cells);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let widths: Vec<usize> = (0..self.align.len())
+            .map(|col| {
+                self.rows
+                    .iter()
+                    .map(|row| row[col].chars().count())
+                    .fold(self.min_width[col], usize::max)
+            })
+            .collect();
+        let last = self.align.len().saturating_sub(1);
+        for row in &self.rows {
+            for (col, cell) in row.iter().enumerate() {
+                if col > 0 {
+                    f.write_str("  ")?;
+                }
+                let w = widths[col];
+                match self.align[col] {
+                    Align::Left if col == last => f.write_str(cell)?,
+                    Align::Left => write!(f, "{cell:<w$}")?,
+                    Align::Right => write!(f, "{cell:>w$}")?,
+                }
+            }
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -232,6 +297,26 @@ mod tests {
         let report = HostReport::collect(&hv, &xs).unwrap();
         assert_eq!(report.xen.sharing_freed_kib, 0);
         assert_eq!(report.domains[1].name, "");
+    }
+
+    #[test]
+    fn table_aligns_columns_to_their_widest_cell() {
+        let mut t = Table::new(&[
+            ("ID", Align::Right, 5),
+            ("NAME", Align::Left, 0),
+            ("N", Align::Right, 3),
+            ("NOTE", Align::Left, 0),
+        ]);
+        t.row(["0", "Domain-0", "12", "x"].map(String::from));
+        t.row(["17", "g", "1234", "longer note"].map(String::from));
+        t.row(["3".to_owned()]);
+        let lines = [
+            "   ID  NAME         N  NOTE",
+            "    0  Domain-0    12  x",
+            "   17  g         1234  longer note",
+            "    3                  ",
+        ];
+        assert_eq!(t.to_string(), lines.map(|l| format!("{l}\n")).concat());
     }
 
     #[test]

@@ -3,10 +3,9 @@
 use std::ffi::{c_char, c_void};
 use std::mem;
 
-use circ_hv::populated::probe_populated;
 use circ_hv::{
-    DomId, DomainInfo, ErrorKind, Gfn, GfnRange, GrantRef, HvError, Hypervisor, PhysInfo,
-    SharePage, SharingEvents, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
+    DomId, DomainInfo, ErrorKind, Gfn, GrantRef, HvError, Hypervisor, PhysInfo, SharePage,
+    ShareSide, SharingEvents, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
 };
 use circ_xen_sys as sys;
 
@@ -16,10 +15,6 @@ use crate::{errno, XenCtrl, XenForeignMemory, XenSharingEvents};
 
 /// Domains fetched per `xc_domain_getinfolist` call.
 const GETINFO_BATCH: usize = 64;
-
-/// Xen's `XENMEM_SHARING_OP_{C,S}_HANDLE_INVALID`, returned as errno by share.
-const SHARING_C_HANDLE_INVALID: i32 = 9;
-const SHARING_S_HANDLE_INVALID: i32 = 10;
 
 /// The control domain's view of Xen: a libxenctrl handle, plus a
 /// foreign-memory handle for probing guests' populated gfns.
@@ -199,21 +194,6 @@ impl Hypervisor for XenHypervisor {
         Ok(Gfn(gpfn))
     }
 
-    /// Probes `0..=maximum_gpfn` with batched read-only foreign maps (see
-    /// [`circ_hv::populated`]). Pause the domain first for a stable answer.
-    /// PV guests: `NotSupported` (their frames are MFNs, with no p2m in Xen).
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError> {
-        if !self.domain(dom)?.domain_type.is_translated() {
-            return Err(HvError::with_kind(
-                format!("domain {dom} is PV: populated ranges need a translated (HVM/PVH) guest"),
-                ErrorKind::NotSupported,
-                None,
-            ));
-        }
-        let max = self.maximum_gpfn(dom)?;
-        probe_populated(&self.fmem, dom, max)
-    }
-
     fn set_sharing(&self, dom: DomId, enable: bool) -> Result<(), HvError> {
         // SAFETY: plain call on a valid handle.
         let rc =
@@ -268,12 +248,10 @@ impl Hypervisor for XenHypervisor {
             "failed to share gfn {} of domain {} into gfn {} of domain {}",
             source.gfn, source.dom, client.gfn, client.dom
         );
-        // These two errno values are sharing-op codes, not EBADF/ECHILD.
-        Err(match errno.0 {
-            SHARING_S_HANDLE_INVALID | SHARING_C_HANDLE_INVALID => {
-                HvError::with_kind(what, ErrorKind::StaleHandle, Some(errno))
-            }
-            _ => HvError::os(what, errno),
+        // XENMEM_SHARING_OP_{S,C}_HANDLE_INVALID come back as errno.
+        Err(match ShareSide::from_share_errno(errno) {
+            Some(side) => HvError::with_kind(what, ErrorKind::StaleHandle(side), Some(errno)),
+            None => HvError::os(what, errno),
         })
     }
 

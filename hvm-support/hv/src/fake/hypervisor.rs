@@ -7,7 +7,7 @@ use super::sharing_events::Rings;
 use super::{os_err, FakeSharingEvents};
 use crate::{
     DomId, DomainInfo, DomainState, DomainType, Errno, ErrorKind, ForeignMapping, ForeignMemory,
-    Gfn, GfnRange, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage,
+    Gfn, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, ShareSide,
     SharingHandle, VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
 };
 
@@ -400,21 +400,6 @@ impl Hypervisor for FakeHypervisor {
             .unwrap_or(Gfn(0)))
     }
 
-    fn populated_ranges(&self, dom: DomId) -> Result<Vec<GfnRange>, HvError> {
-        let host = self.lock();
-        let d = host.domain(dom)?;
-        if !d.domain_type.is_translated() {
-            return Err(HvError::with_kind(
-                "PV guests have no p2m",
-                ErrorKind::NotSupported,
-                None,
-            ));
-        }
-        let mut ranges = crate::populated::RangeBuilder::default();
-        d.p2m.keys().for_each(|g| ranges.push(*g));
-        Ok(ranges.finish())
-    }
-
     fn set_sharing(&self, dom: DomId, enable: bool) -> Result<(), HvError> {
         let mut host = self.lock();
         if !host.sharing_supported {
@@ -465,11 +450,13 @@ impl Hypervisor for FakeHypervisor {
             let id = *host.domain(page.dom).ok()?.p2m.get(&page.gfn)?;
             (host.frames.get(&id)?.handle == Some(page.handle.0)).then_some(id)
         };
-        let stale =
-            |errno| HvError::with_kind(what.clone(), ErrorKind::StaleHandle, Some(Errno(errno)));
-        // Xen's XENMEM_SHARING_OP_{S,C}_HANDLE_INVALID are 10 and 9.
-        let src = frame_with(&host, source).ok_or_else(|| stale(10))?;
-        let cli = frame_with(&host, client).ok_or_else(|| stale(9))?;
+        // As Xen: the side's XENMEM_SHARING_OP_*_HANDLE_INVALID as errno.
+        let stale = |side: ShareSide| {
+            let errno = side.stale_handle_errno();
+            HvError::with_kind(what.clone(), ErrorKind::StaleHandle(side), Some(errno))
+        };
+        let src = frame_with(&host, source).ok_or_else(|| stale(ShareSide::Source))?;
+        let cli = frame_with(&host, client).ok_or_else(|| stale(ShareSide::Client))?;
         if src == cli {
             return Ok(());
         }
@@ -667,6 +654,8 @@ impl Drop for FakeForeignMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::populated::populated_ranges;
+    use crate::GfnRange;
 
     const A: DomId = DomId(1);
     const B: DomId = DomId(2);
@@ -732,7 +721,7 @@ mod tests {
         let err = hv
             .share(page(A, Gfn(7), ha), page(B, Gfn(7), hb))
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::StaleHandle);
+        assert_eq!(err.kind(), ErrorKind::StaleHandle(ShareSide::Client));
     }
 
     #[test]
@@ -825,15 +814,16 @@ mod tests {
         hv.set_page(A, Gfn(8), b"");
         hv.set_page(A, Gfn(0xfeff0), b"");
         assert_eq!(hv.maximum_gpfn(A).unwrap(), Gfn(0xfeff0));
+        let fm = hv.foreign_memory();
         assert_eq!(
-            hv.populated_ranges(A).unwrap(),
+            populated_ranges(&hv, &fm, A).unwrap(),
             [
                 GfnRange::new(Gfn(7), Gfn(9)),
                 GfnRange::new(Gfn(0xfeff0), Gfn(0xfeff1))
             ]
         );
         assert_eq!(
-            hv.populated_ranges(DomId::DOM0).unwrap_err().kind(),
+            populated_ranges(&hv, &fm, DomId::DOM0).unwrap_err().kind(),
             ErrorKind::NotSupported
         );
     }

@@ -1,11 +1,15 @@
 //! `circ-memshare`: the page sharing daemon. Everything is in the library;
-//! this parses flags, opens the Xen handles and calls [`circ_memshare::run`].
+//! this parses flags (shared with `circ share scan`:
+//! [`circ_cli_support::memshare::ScanArgs`]), opens the Xen handles and calls
+//! [`circ_memshare::run`].
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use circ_cli_support::memshare::ScanArgs;
 use circ_cli_support::{init_logging, Exit};
+use circ_memshare::MemshareConfig;
 use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
 use clap::Parser;
 
@@ -17,13 +21,14 @@ struct Cli {
     #[arg(long, env = "CIRC_LOG", default_value = "info")]
     log_filter: String,
     #[command(flatten)]
-    scan: circ_memshare::ScanArgs,
+    scan: ScanArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = cli.scan.to_config().unwrap_or_else(|e| e.exit());
     init_logging(&cli.log_filter);
-    match run(&cli) {
+    match run(&config) {
         Ok(()) => Exit::Success.into(),
         Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
             eprintln!("circ-memshare: {e}");
@@ -36,14 +41,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(config: &MemshareConfig) -> anyhow::Result<()> {
     let hv = XenHypervisor::open()?;
     let xs = XenStoreHandle::open().context("cannot open xenstore")?;
     circ_memshare::run(
         &hv,
         hv.foreign_memory(),
         &xs,
-        &cli.scan,
+        config,
         &mut std::io::stdout(),
     )?;
     Ok(())
