@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use circ_cli_support::Exit;
 use circ_memshare::policy::{self, domain_name, Policy, POLICY_ROOT};
 use circ_memshare::status::DEFAULT_STATUS_FILE;
-use circ_memshare::{DaemonStatus, ScanArgs, ShareStatus};
+use circ_memshare::{DaemonStatus, LockArgs, ScanArgs, ScannerLock, ShareStatus};
 use circ_xen::{XenHypervisor, XenStoreHandle};
 use clap::Subcommand;
 use serde::Serialize;
@@ -24,7 +24,12 @@ pub enum ShareCommand {
     },
     /// Scan the opted-in domains and share identical pages (the daemon, in
     /// the foreground).
-    Scan(ScanArgs),
+    Scan {
+        #[command(flatten)]
+        scan: ScanArgs,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
     /// Opt a domain (name or domid) in: sharing on, key written.
     Enable { domain: String },
     /// Opt a domain out; pages already shared stay so until written.
@@ -37,6 +42,18 @@ pub enum ShareCommand {
 }
 
 pub fn run(cmd: ShareCommand) -> anyhow::Result<Exit> {
+    // One scanner per host, checked before any Xen handle is opened.
+    let _lock = match &cmd {
+        ShareCommand::Scan { lock, .. } => match ScannerLock::acquire(&lock.lock_file) {
+            Ok(l) => Some(l),
+            Err(e) if e.is_busy() => {
+                eprintln!("circ: {e}");
+                return Ok(Exit::Busy);
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ => None,
+    };
     let hv = XenHypervisor::open()?;
     let xs = XenStoreHandle::open()?;
     let mut out = std::io::stdout().lock();
@@ -50,8 +67,8 @@ pub fn run(cmd: ShareCommand) -> anyhow::Result<Exit> {
                 write!(out, "{}", status.to_text())?;
             }
         }
-        ShareCommand::Scan(args) => {
-            circ_memshare::run(&hv, hv.foreign_memory(), &xs, &args, &mut out)?;
+        ShareCommand::Scan { scan, .. } => {
+            circ_memshare::run(&hv, hv.foreign_memory(), &xs, &scan, &mut out)?;
         }
         ShareCommand::Enable { domain } => {
             let dom = policy::enable(&hv, &xs, &domain)?;

@@ -18,6 +18,8 @@ struct Cli {
     log_filter: String,
     #[command(flatten)]
     scan: circ_memshare::ScanArgs,
+    #[command(flatten)]
+    lock: circ_memshare::LockArgs,
 }
 
 fn main() -> ExitCode {
@@ -25,6 +27,13 @@ fn main() -> ExitCode {
     init_logging(&cli.log_filter);
     match run(&cli) {
         Ok(()) => Exit::Success.into(),
+        Err(e)
+            if e.downcast_ref()
+                .is_some_and(circ_memshare::LockError::is_busy) =>
+        {
+            eprintln!("circ-memshare: {e}");
+            Exit::Busy.into()
+        }
         Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
             eprintln!("circ-memshare: {e}");
             Exit::CannotRun.into()
@@ -37,6 +46,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    // Before any Xen handle: a second scanner must touch nothing.
+    let _lock = circ_memshare::ScannerLock::acquire(&cli.lock.lock_file)?;
     let hv = XenHypervisor::open()?;
     let xs = XenStoreHandle::open().context("cannot open xenstore")?;
     circ_memshare::run(
