@@ -68,7 +68,9 @@ pub fn run(cmd: ShareCommand) -> anyhow::Result<Exit> {
             }
         }
         ShareCommand::Scan { scan, .. } => {
-            circ_memshare::run(&hv, hv.foreign_memory(), &xs, &scan, &mut out)?;
+            // SIGTERM/SIGINT: vCPUs resumed, rings released, exit 0.
+            let stop = circ_memshare::StopFlag::on_termination_signals()?;
+            circ_memshare::run_until(&hv, hv.foreign_memory(), &xs, &scan, &mut out, &stop)?;
         }
         ShareCommand::Enable { domain } => {
             let dom = policy::enable(&hv, &xs, &domain)?;

@@ -473,6 +473,50 @@ impl EnomemHandler {
         }
     }
 
+    /// On the way out: answer every open request (the vCPUs resume) and
+    /// release the rings: disabled if Xen has `--enomem-resume-mib` free,
+    /// otherwise left enabled, so a resumed vCPU whose write still finds no
+    /// memory is paused again rather than its guest crashed (the next
+    /// daemon takes such rings over and resumes the vCPUs). `unix_ms` of the
+    /// report is left to the caller.
+    pub fn finish<H: Hypervisor>(&mut self, hv: &H) -> crate::stop::StopReport {
+        let mut report = crate::stop::StopReport::default();
+        if self.events.is_none() {
+            return report;
+        }
+        let free_kib = hv.physinfo().map(|p| pages_to_kib(p.free_pages));
+        let need_kib = self
+            .cfg
+            .resume_free_kib
+            .max(self.pending.len() as u64 * (PAGE_SIZE as u64 / 1024));
+        let short = free_kib.as_ref().map_or(true, |free| *free < need_kib);
+        report.free_kib = free_kib.unwrap_or(0);
+        let waiting: Vec<(DomId, u32)> = self.pending.keys().copied().collect();
+        for (dom, vcpu) in waiting {
+            if self.resume(dom, vcpu) {
+                report.vcpus_resumed += 1;
+            }
+            self.pending.remove(&(dom, vcpu));
+        }
+        let Some(events) = self.events.as_mut() else {
+            return report;
+        };
+        for dom in events.attached() {
+            let released = if short {
+                report.rings_left_enabled.push(dom.0);
+                events.leave_enabled(dom)
+            } else {
+                report.rings_disabled.push(dom.0);
+                events.detach(dom)
+            };
+            if let Err(e) = released {
+                tracing::warn!(domid = %dom, error = %e, "failed to release the sharing ring");
+            }
+        }
+        self.stats.at_dom0_floor = false;
+        report
+    }
+
     /// Lower dom0's balloon target one step. `Some((from, to))` in KiB, or
     /// `None` at the floor.
     fn balloon_dom0<H: Hypervisor, S: XenStore>(

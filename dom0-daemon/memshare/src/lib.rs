@@ -17,10 +17,11 @@ pub mod lock;
 pub mod policy;
 pub mod scanner;
 pub mod status;
+pub mod stop;
 pub mod throttle;
 
 pub use cpu::CpuTime;
-pub use daemon::{run, ScanArgs};
+pub use daemon::{run, run_until, ScanArgs};
 pub use enomem::{EnomemConfig, EnomemHandler, EnomemStats};
 pub use error::MemshareError;
 pub use hash::{PageHasher, PageKey, Xxh3Hasher};
@@ -28,3 +29,4 @@ pub use lock::{LockArgs, LockError, ScannerLock};
 pub use policy::{Eligibility, Policy, POLICY_ROOT};
 pub use scanner::{DomainStats, RoundSummary, ScanConfig, SharingScanner};
 pub use status::{DaemonStatus, ShareStatus};
+pub use stop::{StopFlag, StopReport};

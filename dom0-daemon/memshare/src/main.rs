@@ -50,12 +50,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let _lock = circ_memshare::ScannerLock::acquire(&cli.lock.lock_file)?;
     let hv = XenHypervisor::open()?;
     let xs = XenStoreHandle::open().context("cannot open xenstore")?;
-    circ_memshare::run(
+    let stop = circ_memshare::StopFlag::on_termination_signals()
+        .context("cannot handle SIGTERM/SIGINT")?;
+    circ_memshare::run_until(
         &hv,
         hv.foreign_memory(),
         &xs,
         &cli.scan,
         &mut std::io::stdout(),
+        &stop,
     )?;
     Ok(())
 }

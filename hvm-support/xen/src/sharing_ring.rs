@@ -112,6 +112,9 @@ pub struct SharingRing {
     ring: BackRing<RingPage, VmEventRing>,
     /// Requests consumed and not yet answered.
     open: Vec<VmEvent>,
+    /// Drop lets go of the ring without disabling it (see
+    /// `SharingEvents::leave_enabled`).
+    leave_enabled: bool,
 }
 
 impl SharingRing {
@@ -149,6 +152,7 @@ impl SharingRing {
             port,
             ring,
             open: Vec::new(),
+            leave_enabled: false,
         };
         Ok((ring, replaced))
     }
@@ -355,6 +359,14 @@ impl Drop for SharingRing {
         // SAFETY: plain calls on a valid handle.
         let rc = unsafe { sys::xc_memshr_domain_resume(self.ctrl.raw(), domid) };
         let resume_errno = (rc < 0).then(errno::last);
+        if self.leave_enabled {
+            // Xen keeps the ring (and its own mapping of the page); a
+            // later break pauses the vCPU until a helper takes over.
+            if let Err(e) = self.evtchn.unbind(self.port) {
+                tracing::debug!(domid = self.dom.0, error = %e, "sharing ring port already gone");
+            }
+            return;
+        }
         // SAFETY: as above.
         let rc = unsafe { sys::xc_memshr_ring_disable(self.ctrl.raw(), domid) };
         if rc < 0 {
@@ -421,6 +433,14 @@ impl SharingEvents for XenSharingEvents {
     fn detach(&mut self, dom: DomId) -> Result<(), HvError> {
         // Drop answers, disables and unmaps.
         self.rings.remove(&dom);
+        Ok(())
+    }
+
+    fn leave_enabled(&mut self, dom: DomId) -> Result<(), HvError> {
+        if let Some(mut ring) = self.rings.remove(&dom) {
+            ring.leave_enabled = true;
+            // Drop answers what is open and unmaps, without disabling.
+        }
         Ok(())
     }
 
