@@ -287,7 +287,7 @@ impl EnomemHandler {
                 Ok(Attached::Already) => {}
                 Ok(Attached::ReplacedStale) => {
                     self.failed.remove(dom);
-                    tracing::warn!(domid = %dom, "replaced a sharing ring left enabled by an earlier helper; vCPUs it left paused cannot be resumed (Xen offers no way): if the guest hangs, restart it");
+                    tracing::warn!(domid = %dom, "took over a sharing ring left enabled by an earlier helper (killed, or stopped short of memory): resumed the vCPUs it left paused");
                 }
                 Err(e) => {
                     if self.failed.insert(*dom) {
@@ -755,6 +755,26 @@ mod tests {
         let mut h = EnomemHandler::new(&hv, cfg(), true);
         assert!(h.sync(&hv, &xs, None).is_ok());
         assert_eq!(h.stats().rings, [1, 2]);
+    }
+
+    #[test]
+    fn vcpus_a_killed_daemon_left_paused_resume_when_the_next_one_starts() {
+        let (hv, xs) = host();
+        let rings = hv.sharing_rings();
+        // A daemon held ms-a's ring, a vCPU paused on it, then SIGKILL:
+        // Xen keeps the ring enabled and the vCPU paused.
+        rings.leave_stale_ring(DomId(1));
+        assert!(rings.post_enomem(DomId(1), 1, Gfn(0x77)));
+        assert_eq!(rings.paused_vcpus(DomId(1)), [1]);
+        let mut h = EnomemHandler::new(&hv, cfg(), true);
+        assert!(h.sync(&hv, &xs, None).is_ok());
+        assert!(rings.paused_vcpus(DomId(1)).is_empty(), "resumed at start");
+        assert_eq!(rings.resumed(), [(DomId(1), 1)]);
+        // The new ring serves: the next break is this daemon's.
+        hv.set_free_pages(0);
+        assert!(rings.post_enomem(DomId(1), 1, Gfn(0x77)));
+        h.poll(&hv, &xs, Duration::ZERO);
+        assert!(h.short_of_memory());
     }
 
     #[test]
