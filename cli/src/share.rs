@@ -2,6 +2,8 @@
 //! library; `circ share scan` is the daemon run in the foreground).
 
 use std::io::Write as _;
+
+use anyhow::Context as _;
 use std::path::PathBuf;
 
 use circ_cli_support::Exit;
@@ -29,6 +31,17 @@ pub enum ShareCommand {
         scan: ScanArgs,
         #[command(flatten)]
         lock: LockArgs,
+    },
+    /// Sharing state of given pages of a domain: which gfns are backed by a
+    /// shared frame, and by how many gfns each frame is referenced.
+    Pages {
+        /// Name or domid.
+        domain: String,
+        /// gfns in hexadecimal, separated by white space.
+        #[arg(long, value_name = "PATH")]
+        gfn_file: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Opt a domain (name or domid) in: sharing on, key written.
     Enable { domain: String },
@@ -71,6 +84,35 @@ pub fn run(cmd: ShareCommand) -> anyhow::Result<Exit> {
             // SIGTERM/SIGINT: vCPUs resumed, rings released, exit 0.
             let stop = circ_memshare::StopFlag::on_termination_signals()?;
             circ_memshare::run_until(&hv, hv.foreign_memory(), &xs, &scan, &mut out, &stop)?;
+        }
+        ShareCommand::Pages {
+            domain,
+            gfn_file,
+            json,
+        } => {
+            let (info, name) = policy::resolve_domain(&hv, &xs, &domain)?;
+            // Any sharing call turns sharing on for its domain (Xen 4.17's
+            // mem_sharing_memop): never for one that did not opt in.
+            let decision = Policy::read(&xs)?.eligibility(&info, &name);
+            if decision != circ_memshare::Eligibility::Eligible {
+                anyhow::bail!(
+                    "domain {} is {}: asking Xen would turn sharing on for it \
+                     (its shr_pages in `circ share status` says whether any page is shared)",
+                    info.domid,
+                    decision.as_str()
+                );
+            }
+            let text = std::fs::read_to_string(&gfn_file)
+                .with_context(|| format!("cannot read {}", gfn_file.display()))?;
+            let gfns = circ_memshare::pages::parse_gfns(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", gfn_file.display()))?;
+            let pages = circ_memshare::pages::page_sharing(&hv, info.domid, &gfns)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &pages)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", pages.to_text())?;
+            }
         }
         ShareCommand::Enable { domain } => {
             let dom = policy::enable(&hv, &xs, &domain)?;

@@ -14,6 +14,7 @@ pub mod enomem;
 mod error;
 pub mod hash;
 pub mod lock;
+pub mod pages;
 pub mod policy;
 pub mod scanner;
 pub mod status;
