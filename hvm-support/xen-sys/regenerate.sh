@@ -27,6 +27,7 @@ functions="$functions|xc_domain_maximum_gpfn|xc_vcpu_getcontext|xc_domain_hvm_ge
 functions="$functions|xc_memshr_control|xc_memshr_nominate_gfn|xc_memshr_nominate_gref"
 functions="$functions|xc_memshr_share_gfns|xc_sharing_freed_pages|xc_sharing_used_frames"
 functions="$functions|xc_memshr_ring_enable|xc_memshr_ring_disable|xc_memshr_domain_resume"
+functions="$functions|xc_memshr_debug_gfn"
 functions="$functions|xc_hvm_param_get|xc_domain_populate_physmap_exact"
 functions="$functions|xc_domain_decrease_reservation_exact"
 functions="$functions|xenforeignmemory_open|xenforeignmemory_close|xenforeignmemory_map2"

@@ -12,6 +12,7 @@ use circ_memshare::config::{
     DEFAULT_PAGES_PER_SEC,
 };
 use circ_memshare::status::DEFAULT_STATUS_FILE;
+use circ_memshare::{DEFAULT_LOCK_FILE, LOCK_FILE_ENV};
 
 /// Options of a scanning run (flags of `circ-memshare` and `circ share scan`).
 #[derive(Debug, Clone, clap::Args)]
@@ -108,6 +109,16 @@ impl ScanArgs {
         })?;
         Ok(config)
     }
+}
+
+/// The flag of every scanning command (`circ-memshare`, `circ share scan`):
+/// where the host's single-scanner lock lives ([`circ_memshare::ScannerLock`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LockArgs {
+    /// The host's single-scanner lock: a second scanner is refused (exit
+    /// status 4) while a process holds it.
+    #[arg(long, env = LOCK_FILE_ENV, default_value = DEFAULT_LOCK_FILE, value_name = "PATH")]
+    pub lock_file: PathBuf,
 }
 
 #[cfg(test)]

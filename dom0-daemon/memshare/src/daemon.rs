@@ -11,6 +11,7 @@ use crate::enomem::EnomemHandler;
 use crate::policy::{domain_name, prune_stale, resolve_domain, Policy};
 use crate::scanner::{RoundSummary, SharingScanner};
 use crate::status::{write_atomically, DaemonStatus, ShareStatus};
+use crate::stop::StopFlag;
 use crate::MemshareError;
 
 fn unix_ms() -> u64 {
@@ -35,6 +36,25 @@ where
     F: ForeignMemory,
     S: XenStore,
 {
+    run_until(hv, fm, xs, args, out, &StopFlag::new())
+}
+
+/// [`run`], also stopping at the next safe point once `stop` is set
+/// (SIGTERM/SIGINT): paused vCPUs resumed, rings released, final status
+/// written (see [`crate::stop`]).
+pub fn run_until<H, F, S>(
+    hv: &H,
+    fm: &F,
+    xs: &S,
+    args: &MemshareConfig,
+    out: &mut dyn Write,
+    stop: &StopFlag,
+) -> Result<(), MemshareError>
+where
+    H: Hypervisor,
+    F: ForeignMemory,
+    S: XenStore,
+{
     args.validate()?;
     let mut scanner = SharingScanner::new(hv, fm, xs, args.scan_config());
     let mut status = DaemonStatus {
@@ -47,7 +67,7 @@ where
     let mut enomem = EnomemHandler::new(hv, args.enomem_config(), !args.once);
     let interval = Duration::from_secs_f64(args.interval.max(0.0));
     let mut cpu_warned = false;
-    loop {
+    while !stop.requested() {
         let only = resolve_only(hv, xs, &args.domains)?;
         if !args.domains.is_empty() && only.is_empty() {
             tracing::warn!("none of the --domain domains exists; nothing to scan");
@@ -61,7 +81,7 @@ where
             status.enomem = enomem.stats();
             status.updated_unix_ms = unix_ms();
             status.write(&args.status_file)?;
-            enomem.serve(hv, xs, interval);
+            crate::stop::serve(&mut enomem, hv, xs, interval, stop);
             continue;
         }
         let summary = if args.domains.is_empty() || !only.is_empty() {
@@ -97,10 +117,12 @@ where
             write_atomically(path, share.to_prometheus().as_bytes())?;
         }
         if limit.is_some_and(|n| scanner.rounds() >= n) {
-            return Ok(());
+            break;
         }
-        enomem.serve(hv, xs, interval);
+        crate::stop::serve(&mut enomem, hv, xs, interval, stop);
     }
+    crate::stop::finish(&mut enomem, hv, &mut status, &args.status_file, unix_ms())?;
+    Ok(())
 }
 
 /// Domids of the `--domain` specs that exist now (names are resolved every

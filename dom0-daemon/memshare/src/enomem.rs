@@ -287,7 +287,7 @@ impl EnomemHandler {
                 Ok(Attached::Already) => {}
                 Ok(Attached::ReplacedStale) => {
                     self.failed.remove(dom);
-                    tracing::warn!(domid = %dom, "replaced a sharing ring left enabled by an earlier helper; vCPUs it left paused cannot be resumed (Xen offers no way): if the guest hangs, restart it");
+                    tracing::warn!(domid = %dom, "took over a sharing ring left enabled by an earlier helper (killed, or stopped short of memory): resumed the vCPUs it left paused");
                 }
                 Err(e) => {
                     if self.failed.insert(*dom) {
@@ -471,6 +471,50 @@ impl EnomemHandler {
                 tracing::warn!(error = %e, "cannot balloon dom0 down");
             }
         }
+    }
+
+    /// On the way out: answer every open request (the vCPUs resume) and
+    /// release the rings: disabled if Xen has `--enomem-resume-mib` free,
+    /// otherwise left enabled, so a resumed vCPU whose write still finds no
+    /// memory is paused again rather than its guest crashed (the next
+    /// daemon takes such rings over and resumes the vCPUs). `unix_ms` of the
+    /// report is left to the caller.
+    pub fn finish<H: Hypervisor>(&mut self, hv: &H) -> crate::stop::StopReport {
+        let mut report = crate::stop::StopReport::default();
+        if self.events.is_none() {
+            return report;
+        }
+        let free_kib = hv.physinfo().map(|p| pages_to_kib(p.free_pages));
+        let need_kib = self
+            .cfg
+            .resume_free_kib
+            .max(self.pending.len() as u64 * (PAGE_SIZE as u64 / 1024));
+        let short = free_kib.as_ref().map_or(true, |free| *free < need_kib);
+        report.free_kib = free_kib.unwrap_or(0);
+        let waiting: Vec<(DomId, u32)> = self.pending.keys().copied().collect();
+        for (dom, vcpu) in waiting {
+            if self.resume(dom, vcpu) {
+                report.vcpus_resumed += 1;
+            }
+            self.pending.remove(&(dom, vcpu));
+        }
+        let Some(events) = self.events.as_mut() else {
+            return report;
+        };
+        for dom in events.attached() {
+            let released = if short {
+                report.rings_left_enabled.push(dom.0);
+                events.leave_enabled(dom)
+            } else {
+                report.rings_disabled.push(dom.0);
+                events.detach(dom)
+            };
+            if let Err(e) = released {
+                tracing::warn!(domid = %dom, error = %e, "failed to release the sharing ring");
+            }
+        }
+        self.stats.at_dom0_floor = false;
+        report
     }
 
     /// Lower dom0's balloon target one step. `Some((from, to))` in KiB, or
@@ -711,6 +755,26 @@ mod tests {
         let mut h = EnomemHandler::new(&hv, cfg(), true);
         assert!(h.sync(&hv, &xs, None).is_ok());
         assert_eq!(h.stats().rings, [1, 2]);
+    }
+
+    #[test]
+    fn vcpus_a_killed_daemon_left_paused_resume_when_the_next_one_starts() {
+        let (hv, xs) = host();
+        let rings = hv.sharing_rings();
+        // A daemon held ms-a's ring, a vCPU paused on it, then SIGKILL:
+        // Xen keeps the ring enabled and the vCPU paused.
+        rings.leave_stale_ring(DomId(1));
+        assert!(rings.post_enomem(DomId(1), 1, Gfn(0x77)));
+        assert_eq!(rings.paused_vcpus(DomId(1)), [1]);
+        let mut h = EnomemHandler::new(&hv, cfg(), true);
+        assert!(h.sync(&hv, &xs, None).is_ok());
+        assert!(rings.paused_vcpus(DomId(1)).is_empty(), "resumed at start");
+        assert_eq!(rings.resumed(), [(DomId(1), 1)]);
+        // The new ring serves: the next break is this daemon's.
+        hv.set_free_pages(0);
+        assert!(rings.post_enomem(DomId(1), 1, Gfn(0x77)));
+        h.poll(&hv, &xs, Duration::ZERO);
+        assert!(h.short_of_memory());
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct DaemonStatus {
     /// Copy-on-write breaks that found no free memory (see `enomem`).
     #[serde(default)]
     pub enomem: EnomemStats,
+    /// Set in the status the daemon writes as it stops (SIGTERM/SIGINT,
+    /// or its last round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<crate::stop::StopReport>,
 }
 
 impl DaemonStatus {

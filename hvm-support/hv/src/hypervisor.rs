@@ -249,6 +249,19 @@ pub trait Hypervisor {
     /// Host-wide frames that currently back shared pages.
     fn sharing_used_frames(&self) -> Result<u64, HvError>;
 
+    /// Whether `gfn` of `dom` is backed by a sharing frame, and by how many
+    /// gfns that frame is referenced (`xc_memshr_debug_gfn`): `Some(1)` for
+    /// a page nominated and not shared yet, `Some(n >= 2)` for a page shared
+    /// with `n - 1` others, `None` for a private page (or no page).
+    fn sharing_refs(&self, dom: DomId, gfn: Gfn) -> Result<Option<u32>, HvError> {
+        let _ = (dom, gfn);
+        Err(HvError::with_kind(
+            "this hypervisor cannot tell a page's sharing state",
+            ErrorKind::NotSupported,
+            None,
+        ))
+    }
+
     /// Registers of one vCPU (64-bit guests).
     fn vcpu_registers(&self, dom: DomId, vcpu: u32) -> Result<VcpuRegs, HvError>;
 

@@ -372,6 +372,31 @@ impl<M: RingMemory, T: RingTypes> BackRing<M, T> {
         Ok(())
     }
 
+    /// Put and publish responses that answer no request, on a ring where
+    /// none is owed (`req_cons == rsp_prod_pvt`), at most a ring's worth,
+    /// and only once the front end consumed the previous ones.
+    ///
+    /// This breaks the ring for good (the front end then counts more free
+    /// slots than there are, and our `req_cons` runs ahead of its
+    /// `req_prod`): it is for a ring set up only to be torn down, e.g. Xen's
+    /// vm_event rings, where a response unpauses a vCPU whatever ring paused
+    /// it (circ-xen's stale-ring take-over).
+    pub fn push_unsolicited_responses(&mut self, rsps: &[T::Response]) -> Result<(), RingError> {
+        if self.rsp_prod_pvt != self.req_cons {
+            return Err(RingError::NoRequestToAnswer);
+        }
+        if rsps.len() > self.shared.geometry.slots as usize {
+            return Err(RingError::Full);
+        }
+        for rsp in rsps {
+            self.shared.write_entry(self.rsp_prod_pvt, rsp);
+            self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        }
+        self.req_cons = self.rsp_prod_pvt;
+        self.push_responses();
+        Ok(())
+    }
+
     /// `RING_PUSH_RESPONSES`: publish the responses pushed so far.
     pub fn push_responses(&mut self) {
         self.shared

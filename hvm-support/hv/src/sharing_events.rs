@@ -34,9 +34,11 @@ pub enum Attached {
     New,
     /// This handle already had the domain's ring.
     Already,
-    /// Another helper's ring was still enabled (one that died without
-    /// disabling it): it was disabled and a new one enabled. vCPUs it left
-    /// paused cannot be resumed through the new ring.
+    /// Another helper's ring was still enabled (one that was killed, or
+    /// left it enabled on purpose: [`SharingEvents::leave_enabled`]): it
+    /// was disabled, every vCPU it left paused was resumed (Xen counts a
+    /// vm_event pause per vCPU, not per ring, so an answer on a new ring
+    /// unpauses it), and a new ring enabled.
     ReplacedStale,
 }
 
@@ -52,6 +54,13 @@ pub trait SharingEvents {
     /// Answer the requests still open, then disable `dom`'s ring. A domain
     /// that is gone is not an error.
     fn detach(&mut self, dom: DomId) -> Result<(), HvError>;
+
+    /// Answer the requests still open, then let go of `dom`'s ring while
+    /// Xen keeps it enabled: a later copy-on-write break without memory
+    /// then pauses the vCPU (instead of crashing the guest) until a helper
+    /// takes the ring over ([`Attached::ReplacedStale`]). A domain that is
+    /// gone is not an error.
+    fn leave_enabled(&mut self, dom: DomId) -> Result<(), HvError>;
 
     /// Domains with a ring, in domid order.
     fn attached(&self) -> Vec<DomId>;

@@ -2620,6 +2620,17 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn xc_memshr_domain_resume(xch: *mut xc_interface, domid: u32) -> ::core::ffi::c_int;
 }
+// Added by hand (libclang/bindgen-cli were not at hand), as bindgen would
+// emit it from xenctrl.h 4.17: `int xc_memshr_debug_gfn(xc_interface *xch,
+// uint32_t domid, unsigned long gfn);`. It is in regenerate.sh's allowlist,
+// so the next regeneration produces it.
+unsafe extern "C" {
+    pub fn xc_memshr_debug_gfn(
+        xch: *mut xc_interface,
+        domid: u32,
+        gfn: ::core::ffi::c_ulong,
+    ) -> ::core::ffi::c_int;
+}
 unsafe extern "C" {
     pub fn xc_memshr_nominate_gfn(
         xch: *mut xc_interface,

@@ -267,6 +267,25 @@ impl Hypervisor for XenHypervisor {
         u64::try_from(n).map_err(|_| errno::error("failed to read the frames used by sharing"))
     }
 
+    /// `xc_memshr_debug_gfn` (Xen 4.17 `debug_gfn`): the frame's type
+    /// count less the lock's reference, i.e. the gfns it backs, for a frame
+    /// in the sharing hash; `EINVAL` for any other page.
+    fn sharing_refs(&self, dom: DomId, gfn: Gfn) -> Result<Option<u32>, HvError> {
+        // SAFETY: plain call on a valid handle (c_ulong is u64 on x86-64).
+        let rc = unsafe { sys::xc_memshr_debug_gfn(self.ctrl.raw(), u32::from(dom.0), gfn.0) };
+        if rc >= 0 {
+            return Ok(Some(rc.unsigned_abs()));
+        }
+        let errno = errno::last();
+        if errno.0 == libc::EINVAL {
+            return Ok(None);
+        }
+        Err(HvError::os(
+            format!("failed to read the sharing state of gfn {gfn} of domain {dom}"),
+            errno,
+        ))
+    }
+
     /// Rings are enabled per domain by `attach`; each opens its own
     /// libxenctrl and libxenevtchn handles.
     fn sharing_events(&self) -> Result<Box<dyn SharingEvents>, HvError> {

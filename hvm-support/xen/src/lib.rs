@@ -30,6 +30,7 @@ mod hypervisor;
 mod logger;
 mod shared;
 mod sharing_ring;
+mod stale_ring;
 mod xenstore;
 
 pub use ctrl::XenCtrl;

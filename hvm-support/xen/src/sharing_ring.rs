@@ -28,13 +28,26 @@ use crate::{errno, XenCtrl, XenEventChannels, XenForeignMemory, XenMapping};
 /// The fields of a `vm_event_st` (request and response alike) a sharing
 /// ring uses; the rest of the 400 bytes is zero in our responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct VmEvent {
-    version: u32,
-    flags: u32,
-    reason: u32,
-    vcpu: u32,
+pub(crate) struct VmEvent {
+    pub(crate) version: u32,
+    pub(crate) flags: u32,
+    pub(crate) reason: u32,
+    pub(crate) vcpu: u32,
     /// `u.mem_sharing.gfn`.
-    gfn: u64,
+    pub(crate) gfn: u64,
+}
+
+impl VmEvent {
+    /// A response that unpauses `vcpu` if a sharing request paused it.
+    pub(crate) fn unpause(vcpu: u32) -> Self {
+        Self {
+            version: sys::VM_EVENT_INTERFACE_VERSION,
+            flags: sys::VM_EVENT_FLAG_VCPU_PAUSED,
+            reason: sys::VM_EVENT_REASON_MEM_SHARING,
+            vcpu,
+            gfn: 0,
+        }
+    }
 }
 
 const VERSION_AT: usize = std::mem::offset_of!(sys::vm_event_st, version);
@@ -79,7 +92,7 @@ impl RingEntry for VmEvent {
 
 /// `DEFINE_RING_TYPES(vm_event, vm_event_request_t, vm_event_response_t)`.
 #[derive(Debug)]
-struct VmEventRing;
+pub(crate) struct VmEventRing;
 
 impl RingTypes for VmEventRing {
     type Request = VmEvent;
@@ -88,7 +101,7 @@ impl RingTypes for VmEventRing {
 
 /// The ring page, mapped read-write (checked when made).
 #[derive(Debug)]
-struct RingPage(XenMapping);
+pub(crate) struct RingPage(XenMapping);
 
 impl RingPage {
     fn pages(&self) -> SharedPages<'_> {
@@ -112,6 +125,9 @@ pub struct SharingRing {
     ring: BackRing<RingPage, VmEventRing>,
     /// Requests consumed and not yet answered.
     open: Vec<VmEvent>,
+    /// Drop lets go of the ring without disabling it (see
+    /// `SharingEvents::leave_enabled`).
+    leave_enabled: bool,
 }
 
 impl SharingRing {
@@ -149,6 +165,7 @@ impl SharingRing {
             port,
             ring,
             open: Vec::new(),
+            leave_enabled: false,
         };
         Ok((ring, replaced))
     }
@@ -198,28 +215,35 @@ impl SharingRing {
                 ));
             }
         }
+        let page = RingPage(page);
         // SHARED_RING_INIT, before Xen uses the ring.
-        let ring = BackRing::init_shared(RingPage(page)).map_err(|e| corrupt(dom, e))?;
+        BackRing::<_, VmEventRing>::init_shared(&page).map_err(|e| corrupt(dom, e))?;
 
         let mut remote = 0u32;
         // SAFETY: `remote` is a valid out-parameter.
         let mut rc = unsafe { sys::xc_memshr_ring_enable(ctrl.raw(), domid, &mut remote) };
         let mut replaced = false;
         if rc < 0 && errno::last().0 == libc::EBUSY {
-            // Xen allows one ring per domain; a helper that died left its
-            // own enabled, with nobody listening. Take over.
-            // SAFETY: plain call on a valid handle.
-            let rc_off = unsafe { sys::xc_memshr_ring_disable(ctrl.raw(), domid) };
-            check(rc_off, || {
-                format!("failed to disable the stale sharing ring of domain {dom}")
-            })?;
+            // Xen allows one ring per domain; an earlier helper left its
+            // own enabled, with nobody listening and maybe vCPUs paused on
+            // it. Take over: resume them, then enable ours.
+            let vcpus = crate::stale_ring::take_over(ctrl, dom, &page)?;
+            tracing::info!(
+                domid = dom.0,
+                vcpus,
+                "answered every vCPU of a sharing ring left enabled by an earlier helper"
+            );
             replaced = true;
+            BackRing::<_, VmEventRing>::init_shared(&page).map_err(|e| corrupt(dom, e))?;
             // SAFETY: as above.
             rc = unsafe { sys::xc_memshr_ring_enable(ctrl.raw(), domid, &mut remote) };
         }
         check(rc, || {
             format!("failed to enable the sharing ring of domain {dom}")
         })?;
+        // BACK_RING_INIT over the ring initialised above (Xen may have
+        // posted already: the header is not reset again).
+        let ring = BackRing::new(page).map_err(|e| corrupt(dom, e))?;
 
         let mut frame: sys::xen_pfn_t = pfn;
         // SAFETY: one extent, order 0, read from `frame`.
@@ -355,6 +379,14 @@ impl Drop for SharingRing {
         // SAFETY: plain calls on a valid handle.
         let rc = unsafe { sys::xc_memshr_domain_resume(self.ctrl.raw(), domid) };
         let resume_errno = (rc < 0).then(errno::last);
+        if self.leave_enabled {
+            // Xen keeps the ring (and its own mapping of the page); a
+            // later break pauses the vCPU until a helper takes over.
+            if let Err(e) = self.evtchn.unbind(self.port) {
+                tracing::debug!(domid = self.dom.0, error = %e, "sharing ring port already gone");
+            }
+            return;
+        }
         // SAFETY: as above.
         let rc = unsafe { sys::xc_memshr_ring_disable(self.ctrl.raw(), domid) };
         if rc < 0 {
@@ -421,6 +453,14 @@ impl SharingEvents for XenSharingEvents {
     fn detach(&mut self, dom: DomId) -> Result<(), HvError> {
         // Drop answers, disables and unmaps.
         self.rings.remove(&dom);
+        Ok(())
+    }
+
+    fn leave_enabled(&mut self, dom: DomId) -> Result<(), HvError> {
+        if let Some(mut ring) = self.rings.remove(&dom) {
+            ring.leave_enabled = true;
+            // Drop answers what is open and unmaps, without disabling.
+        }
         Ok(())
     }
 

@@ -11,7 +11,12 @@
 #    ms-a's vCPU stays paused, not crashed; the daemon says what to do; the
 #    scenario frees memory (xl destroy of the hog) and ms-a resumes by itself;
 # 2. daemon restarted with the default floor, a new hog: ms-b's vCPU is
-#    paused, the daemon balloons dom0 down and resumes it.
+#    paused, the daemon balloons dom0 down and resumes it;
+# 3. SIGTERM while ms-c's vCPU is paused and memory is short: exit 0, the
+#    vCPU resumed, the rings left enabled (it pauses again, not crashed);
+#    memory freed, the next daemon takes the rings over and ms-c finishes;
+# 4. SIGKILL while ms-a's vCPU is paused: it stays paused (nobody answers)
+#    even once memory is back; the next daemon's start resumes it.
 # All guests then verify their whole buffer (copy-on-write held).
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
@@ -151,7 +156,7 @@ check "daemon stops" kill "$daemon"
 wait "$daemon" 2>/dev/null
 start_daemon
 rings_back() { daemon_json '(.daemon.enomem.rings | length) == 3'; }
-check "restarted daemon takes over the rings left enabled" wait_for 120 rings_back
+check "restarted daemon holds the three rings" wait_for 120 rings_back
 check "hog-2 takes Xen's free memory" fill_memory hog-2 || exit 1
 t_write=$(now_ms)
 check "ms-b starts overwriting half its shared buffer" agent_command ms-b write
@@ -179,6 +184,69 @@ check "dom0 gave memory back ($dom0_start -> $dom0_end MiB)" test "$dom0_end" -l
 check "the daemon logged the ballooning" grep -q "ballooning dom0 down" "$LAB_OUT/daemon.err"
 
 check "xl destroy hog-2" xl destroy hog-2
+
+# Phase 3: SIGTERM while a vCPU is paused for memory, memory still short.
+# The daemon must resume the vCPU, exit 0 and, since Xen is still short,
+# leave the rings enabled: the retried write pauses the vCPU again rather
+# than Xen crashing the guest ("ENOMEM and no helper"). ms-c overwrites the
+# first half of its buffer, still shared by all three guests.
+check "daemon stops (SIGTERM)" kill "$daemon"
+wait "$daemon" 2>/dev/null
+start_daemon --dom0-min-mib "$(dom0_mib)"
+check "daemon with nothing to balloon holds the three rings" wait_for 120 rings_back
+check "hog-3 takes Xen's free memory" fill_memory hog-3 || exit 1
+check "ms-c starts overwriting the first half of its shared buffer" agent_command ms-c write-first
+check "ms-c's vCPU is paused for memory" wait_for 120 paused ms-c
+t_term=$(now_ms)
+kill -TERM "$daemon"
+term_rc=0
+wait "$daemon" || term_rc=$?
+timing "memshare-enomem: SIGTERM to exit" $(($(now_ms) - t_term))
+check_eq "SIGTERM with a vCPU paused: the daemon exits 0" 0 "$term_rc"
+check "final status written" status term
+info "memshare-enomem: stopped by SIGTERM" "$(jq -c '.daemon | {stopped, enomem}' "$LAB_OUT/term.json")"
+check_json "final status: the paused vCPU was resumed, rings left enabled (memory short)" "$LAB_OUT/term.json" \
+    '.daemon.stopped.vcpus_resumed >= 1 and (.daemon.stopped.rings_left_enabled | length) == 3
+     and .daemon.enomem.paused_now == 0'
+check "the daemon logged why it left the rings enabled" \
+    grep -q "stopping while Xen is short of memory" "$LAB_OUT/daemon.err"
+sleep 5
+check "ms-c alive after the daemon stopped (not crashed)" alive ms-c
+still_writing_c() { ! agent_answered ms-c write-first || { echo "state: $(agent_state ms-c)"; return 1; }; }
+check "ms-c's write, still short of memory, paused again on the ring left enabled" still_writing_c
+check "operator frees memory: xl destroy hog-3" xl destroy hog-3
+sleep 5
+check "ms-c stays paused with nobody on its ring" still_writing_c
+start_daemon
+check "the next daemon takes over the rings and ms-c's write completes" \
+    wait_for 180 agent_answered ms-c write-first
+check "ms-c verified its whole buffer" agent_ok ms-c write-first
+check "the daemon logged the take-over" grep -q "took over a sharing ring" "$LAB_OUT/daemon.err"
+
+# Phase 4: SIGKILL while a vCPU is paused; the next start resumes it. ms-a
+# overwrites its first half (still shared with ms-b).
+kill "$daemon"
+wait "$daemon" 2>/dev/null
+start_daemon --dom0-min-mib "$(dom0_mib)"
+check "daemon (nothing to balloon) holds the three rings again" wait_for 120 rings_back
+check "hog-4 takes Xen's free memory" fill_memory hog-4 || exit 1
+check "ms-a starts overwriting the first half of its buffer" agent_command ms-a write-first
+check "ms-a's vCPU is paused for memory" wait_for 120 paused ms-a
+check "SIGKILL the daemon" kill -KILL "$daemon"
+wait "$daemon" 2>/dev/null
+check "operator frees memory: xl destroy hog-4" xl destroy hog-4
+sleep 5
+still_writing_a() { ! agent_answered ms-a write-first || { echo "state: $(agent_state ms-a)"; return 1; }; }
+check "ms-a stays paused after SIGKILL (nobody answers its ring)" still_writing_a
+check "ms-a alive (paused, not crashed)" alive ms-a
+t_start=$(now_ms)
+start_daemon
+check "the next start resumes ms-a and its write completes" wait_for 180 agent_answered ms-a write-first
+timing "memshare-enomem: daemon start to the killed daemon's vCPU resumed and write done" $(($(now_ms) - t_start))
+check "ms-a verified its whole buffer" agent_ok ms-a write-first
+check "status after the take-over" status takeover
+check_json "the new daemon holds all three rings" "$LAB_OUT/takeover.json" '(.daemon.enomem.rings | length) == 3'
+
 for g in ms-a ms-b ms-c; do
     agent_command "$g" verify-2
     check "$g verifies its buffer again" wait_for 90 agent_answered "$g" verify-2

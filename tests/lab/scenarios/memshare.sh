@@ -36,6 +36,22 @@ agent_says_ok() {
 }
 # agent_answered GUEST COMMAND: the agent reported on COMMAND, ok or not.
 agent_answered() { case $(agent_state "$1") in "$2 "*) return 0 ;; esac; return 1; }
+# agent_gfns GUEST FILE: the gfns of the agent's buffer pages (buffer order,
+# one per line), as the agent read them from its pagemap.
+agent_gfns() {
+    local base n i
+    base="/local/domain/$(domid "$1")/data/circ-agent/gfns"
+    n=$(xenstore-read "$base/count") || return 1
+    for ((i = 0; i < n; i++)); do
+        xenstore-read "$base/$i" || return 1
+    done | tr ' ' '\n' | grep . >"$2"
+    [ "$(wc -l <"$2")" -eq 8192 ] || { echo "$1: $(wc -l <"$2") gfns"; return 1; }
+}
+# pages NAME GUEST [FILE]: `circ share pages` of the guest's buffer gfns (or
+# FILE) into $LAB_OUT/NAME.json.
+pages() {
+    circ share pages "$2" --gfn-file "${3:-$LAB_OUT/gfns-$2.txt}" --json >"$LAB_OUT/$1.json"
+}
 
 # The guests that must be running, and the domid each one booted as.
 LIVE=()
@@ -179,6 +195,22 @@ info "memshare: last round" "$(jq -c .daemon.last_round "$LAB_OUT/shared.json")"
 
 check_json "the agents' buffers (8192 pages each) are shared: >= 8192 pages freed" \
     "$LAB_OUT/shared.json" '.host.freed_pages >= 8192'
+# The figures above could be met by zero pages alone. Ask Xen about the
+# buffer pages themselves (XENMEM_sharing_op_debug_gfn: the gfns a frame
+# backs): each buffer page holds a pattern that differs from page to page
+# but is the same in ms-a and ms-b, so each must share its frame with
+# exactly one other gfn (its twin in the other guest).
+for g in ms-a ms-b ms-c; do
+    check "$g agent reported its 8192 buffer gfns" agent_gfns "$g" "$LAB_OUT/gfns-$g.txt"
+done
+for g in ms-a ms-b; do
+    check "circ share pages $g (buffer gfns)" pages "pages-$g" "$g"
+    info "memshare: $g buffer pages" "$(jq -c . "$LAB_OUT/pages-$g.json")"
+    check_json "$g: >= 99% of its 8192 buffer pages share a frame with one other page" \
+        "$LAB_OUT/pages-$g.json" '.pages == 8192 and (.refs["2"] // 0) >= 8110'
+done
+refuses_ms_c() { ! pages pages-ms-c ms-c 2>"$LAB_OUT/pages-ms-c.err" && grep -q 'not-opted-in' "$LAB_OUT/pages-ms-c.err"; }
+check "circ share pages refuses ms-c (not opted in; asking would turn sharing on)" refuses_ms_c
 for g in ms-a ms-b; do
     check_json "$g has >= 8192 pages backed by shared frames" "$LAB_OUT/shared.json" \
         ".domains[] | select(.name == \"$g\") | .shr_pages >= 8192 and .pages_scanned > 20000"
@@ -211,6 +243,16 @@ for g in ms-a ms-b ms-c; do
     check "$g writes half its buffer and verifies all of it" agent_says_ok "$g" write
 done
 stop_unless_guests_run
+# Copy-on-write, seen from Xen: the written half of ms-a's buffer is private
+# again, the other half still shared.
+tail -n 4096 "$LAB_OUT/gfns-ms-a.txt" >"$LAB_OUT/gfns-ms-a-written.txt"
+head -n 4096 "$LAB_OUT/gfns-ms-a.txt" >"$LAB_OUT/gfns-ms-a-kept.txt"
+check "circ share pages ms-a (written half)" pages pages-ms-a-written ms-a "$LAB_OUT/gfns-ms-a-written.txt"
+check_json "ms-a: the 4096 pages it wrote are private again" \
+    "$LAB_OUT/pages-ms-a-written.json" '.pages == 4096 and .private == 4096'
+check "circ share pages ms-a (kept half)" pages pages-ms-a-kept ms-a "$LAB_OUT/gfns-ms-a-kept.txt"
+check_json "ms-a: >= 99% of the 4096 pages it did not write still shared" \
+    "$LAB_OUT/pages-ms-a-kept.json" '.pages == 4096 and .shared_with_others >= 4055'
 check "circ share status after the writes" status written
 info "memshare: after copy-on-write" "$(jq -c '.host' "$LAB_OUT/written.json")"
 check_json "the writes broke sharing of those pages (freed pages dropped)" "$LAB_OUT/written.json" \

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use circ_cli_support::memshare::ScanArgs;
+use circ_cli_support::memshare::{LockArgs, ScanArgs};
 use circ_cli_support::{init_logging, Exit};
 use circ_memshare::MemshareConfig;
 use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
@@ -22,14 +22,23 @@ struct Cli {
     log_filter: String,
     #[command(flatten)]
     scan: ScanArgs,
+    #[command(flatten)]
+    lock: LockArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.scan.to_config().unwrap_or_else(|e| e.exit());
     init_logging(&cli.log_filter);
-    match run(&config) {
+    match run(&config, &cli.lock) {
         Ok(()) => Exit::Success.into(),
+        Err(e)
+            if e.downcast_ref()
+                .is_some_and(circ_memshare::LockError::is_busy) =>
+        {
+            eprintln!("circ-memshare: {e}");
+            Exit::Busy.into()
+        }
         Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
             eprintln!("circ-memshare: {e}");
             Exit::CannotRun.into()
@@ -41,15 +50,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &MemshareConfig) -> anyhow::Result<()> {
+fn run(config: &MemshareConfig, lock: &LockArgs) -> anyhow::Result<()> {
+    // Before any Xen handle: a second scanner must touch nothing.
+    let _lock = circ_memshare::ScannerLock::acquire(&lock.lock_file)?;
     let hv = XenHypervisor::open()?;
     let xs = XenStoreHandle::open().context("cannot open xenstore")?;
-    circ_memshare::run(
+    let stop = circ_memshare::StopFlag::on_termination_signals()
+        .context("cannot handle SIGTERM/SIGINT")?;
+    circ_memshare::run_until(
         &hv,
         hv.foreign_memory(),
         &xs,
         config,
         &mut std::io::stdout(),
+        &stop,
     )?;
     Ok(())
 }

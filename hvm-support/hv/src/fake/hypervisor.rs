@@ -433,6 +433,17 @@ impl Hypervisor for FakeHypervisor {
         Ok(SharingHandle(handle))
     }
 
+    fn sharing_refs(&self, dom: DomId, gfn: Gfn) -> Result<Option<u32>, HvError> {
+        let host = self.lock();
+        host.check_sharing(dom)?;
+        let d = host.domain(dom)?;
+        Ok(d.p2m
+            .get(&gfn)
+            .and_then(|id| host.frames.get(id))
+            .filter(|f| f.handle.is_some())
+            .map(|f| f.users))
+    }
+
     fn nominate_gref(&self, dom: DomId, gref: GrantRef) -> Result<SharingHandle, HvError> {
         let gfn = self.grant(dom, gref)?.gfn;
         self.nominate_gfn(dom, gfn)

@@ -50,13 +50,17 @@ impl FakeSharingEvents {
 
     /// As Xen on a copy-on-write break without memory: pause `vcpu` and post
     /// a request. Returns false (and does nothing) without a ring: real Xen
-    /// would then crash the guest.
+    /// would then crash the guest. On a stale ring (no helper listens) the
+    /// vCPU is paused and the request never read, as in Xen.
     pub fn post_enomem(&self, dom: DomId, vcpu: u32, gfn: Gfn) -> bool {
         let mut r = self.lock();
-        if !r.enabled.contains(&dom) || r.stale.contains(&dom) {
+        if !r.enabled.contains(&dom) {
             return false;
         }
         *r.paused.entry((dom, vcpu)).or_default() += 1;
+        if r.stale.contains(&dom) {
+            return true;
+        }
         r.queued.push_back(EnomemRequest {
             dom,
             vcpu,
@@ -128,6 +132,18 @@ impl SharingEvents for FakeSharingEvents {
             ));
         }
         if r.stale.remove(&dom) {
+            // As circ-xen: the stale ring's paused vCPUs are answered
+            // (Xen's pause count is per vCPU), then a new ring serves.
+            let left: Vec<(DomId, u32)> = r
+                .paused
+                .keys()
+                .filter(|(d, _)| *d == dom)
+                .copied()
+                .collect();
+            for key in left {
+                r.paused.remove(&key);
+                r.resumed.push(key);
+            }
             return Ok(Attached::ReplacedStale);
         }
         if r.enabled.insert(dom) {
@@ -150,6 +166,24 @@ impl SharingEvents for FakeSharingEvents {
         }
         r.queued.retain(|q| q.dom != dom);
         r.enabled.remove(&dom);
+        Ok(())
+    }
+
+    fn leave_enabled(&mut self, dom: DomId) -> Result<(), HvError> {
+        let mut r = self.lock();
+        let vcpus: Vec<u32> = r
+            .open
+            .iter()
+            .filter(|q| q.dom == dom)
+            .map(|q| q.vcpu)
+            .collect();
+        for vcpu in vcpus {
+            Self::answer(&mut r, dom, vcpu);
+        }
+        r.queued.retain(|q| q.dom != dom);
+        if r.enabled.contains(&dom) {
+            r.stale.insert(dom);
+        }
         Ok(())
     }
 
@@ -213,6 +247,26 @@ mod tests {
         assert_eq!(err, Some(ErrorKind::NotSupported));
         let err = ev.attach(DomId(9)).err().map(|e| e.kind());
         assert_eq!(err, Some(ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn a_ring_left_enabled_pauses_until_taken_over() {
+        let hv = FakeHypervisor::new();
+        hv.add_domain(DomId(3), DomainType::Pvh, 100);
+        let mut ev = hv.sharing_rings();
+        let _ = ev.attach(DomId(3));
+        ev.post_enomem(DomId(3), 0, Gfn(1));
+        let _ = ev.wait(Duration::ZERO);
+        assert!(ev.leave_enabled(DomId(3)).is_ok());
+        assert!(ev.paused_vcpus(DomId(3)).is_empty(), "answered");
+        assert!(ev.is_enabled(DomId(3)) && ev.attached().is_empty());
+        // Nobody listens: the next break pauses the vCPU for good...
+        assert!(ev.post_enomem(DomId(3), 1, Gfn(2)));
+        assert!(ev.wait(Duration::ZERO).unwrap_or_default().is_empty());
+        assert_eq!(ev.paused_vcpus(DomId(3)), [1]);
+        // ...until a helper takes the ring over.
+        assert_eq!(ev.attach(DomId(3)).ok(), Some(Attached::ReplacedStale));
+        assert!(ev.paused_vcpus(DomId(3)).is_empty());
     }
 
     #[test]

@@ -456,3 +456,37 @@ fn a_random_hostile_front_end_never_steers_the_back_end_out_of_the_ring() {
         "served {served}, refused {refused}"
     );
 }
+
+#[test]
+fn unsolicited_responses_are_published_in_slot_order_at_most_a_ring_at_a_time() {
+    let mem = memory(HEADER_SIZE + SLOTS as usize * 16);
+    let mut back = BackRing::<_, Test>::init_shared(mem.clone()).unwrap();
+    let rsps: Vec<Rsp> = (0..SLOTS).map(|id| Rsp { id, status: 7 }).collect();
+    assert_eq!(back.push_unsolicited_responses(&rsps), Ok(()));
+    assert_eq!(mem.load_u32(RSP_PROD, Ordering::Acquire), SLOTS);
+    for (i, r) in rsps.iter().enumerate() {
+        let mut buf = [0u8; 8];
+        mem.read(back.geometry().slot_offset(i as u32), &mut buf);
+        assert_eq!(Rsp::from_bytes(&buf), *r);
+    }
+    // The next batch (once the front end read these) goes on from there.
+    assert_eq!(back.push_unsolicited_responses(&rsps[..1]), Ok(()));
+    assert_eq!(mem.load_u32(RSP_PROD, Ordering::Acquire), SLOTS + 1);
+    let too_many: Vec<Rsp> = (0..=SLOTS).map(|id| Rsp { id, status: 0 }).collect();
+    assert_eq!(
+        back.push_unsolicited_responses(&too_many),
+        Err(RingError::Full)
+    );
+}
+
+#[test]
+fn unsolicited_responses_never_overwrite_owed_ones() {
+    let (mut front, mut back) = pair();
+    front.push_request(&req(1)).unwrap();
+    front.push_requests();
+    assert!(back.next_request().unwrap().is_some());
+    assert_eq!(
+        back.push_unsolicited_responses(&[Rsp { id: 9, status: 0 }]),
+        Err(RingError::NoRequestToAnswer)
+    );
+}

@@ -8,6 +8,7 @@
 //! `data/circ-agent/command` in its own xenstore directory:
 //! - `write`: overwrite the second half of the buffer with a pattern unique
 //!   to this guest (derived from its name), then verify the whole buffer;
+//!   `write-first`: the same for the first half;
 //! - any other new value (e.g. `verify-2`): verify the whole buffer.
 //!
 //! Without `/dev/xen/xenbus` (not under Xen: the KSM peer guest of the
@@ -39,6 +40,12 @@ const XS_ERROR: u32 = 16;
 const MAX_REPLY: usize = 4096;
 
 const STATE: &str = "data/circ-agent/state";
+/// `gfns/0`, `gfns/1`, ...: the buffer's gfns in buffer order, hexadecimal,
+/// space-separated, at most [`GFN_NODE_BYTES`] per node; `gfns/count`: how
+/// many nodes.
+const GFNS: &str = "data/circ-agent/gfns";
+/// Below C xenstored's default node size quota (2048 bytes).
+const GFN_NODE_BYTES: usize = 1800;
 const COMMAND: &str = "data/circ-agent/command";
 
 /// One page, aligned so that buffer pages are guest pages.
@@ -147,6 +154,81 @@ impl Xenbus {
     }
 }
 
+/// The guest frame numbers of the buffer's pages, in buffer order. In a
+/// PVH (or HVM) guest the PFN in `/proc/self/pagemap` is the gfn. All of
+/// the process is locked in memory first and the kernel asked not to
+/// migrate locked pages (`compact_unevictable_allowed`), so the numbers
+/// stay true while the agent holds the buffer.
+fn buffer_gfns(buffer: &[Page]) -> io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt as _;
+    rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)?;
+    // Best effort: without it compaction may still move a locked page.
+    let _ = std::fs::write("/proc/sys/vm/compact_unevictable_allowed", "0");
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let mut gfns = Vec::with_capacity(buffer.len());
+    for page in buffer {
+        let vaddr = page.0.as_ptr() as u64;
+        let mut entry = [0u8; 8];
+        pagemap.read_exact_at(&mut entry, vaddr / PAGE_SIZE as u64 * 8)?;
+        let entry = u64::from_le_bytes(entry);
+        let pfn = entry & ((1 << 55) - 1);
+        if entry & (1 << 63) == 0 || pfn == 0 {
+            return Err(io::Error::other(format!(
+                "page at {vaddr:#x} not present or no PFN in pagemap (entry {entry:#x})"
+            )));
+        }
+        gfns.push(pfn);
+    }
+    Ok(gfns)
+}
+
+/// The gfns as xenstore node values (see [`GFNS`]).
+fn gfn_nodes(gfns: &[u64]) -> Vec<String> {
+    let mut nodes = vec![String::new()];
+    for gfn in gfns {
+        let word = format!("{gfn:x}");
+        let last = nodes.last_mut().expect("never empty");
+        if !last.is_empty() && last.len() + 1 + word.len() > GFN_NODE_BYTES {
+            nodes.push(word);
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(&word);
+        }
+    }
+    nodes
+}
+
+/// Report the buffer's gfns under [`GFNS`] (before `filled`, so dom0 finds
+/// them once the state says so).
+fn report_gfns(xb: &mut Xenbus, buffer: &[Page]) {
+    let gfns = match buffer_gfns(buffer) {
+        Ok(g) => g,
+        Err(e) => {
+            say(&format!("cannot read the buffer's gfns: {e}"));
+            return;
+        }
+    };
+    let nodes = gfn_nodes(&gfns);
+    for (i, node) in nodes.iter().enumerate() {
+        if let Err(e) = xb.write(&format!("{GFNS}/{i}"), node) {
+            say(&format!("cannot report gfns: {e}"));
+            return;
+        }
+    }
+    if let Err(e) = xb.write(&format!("{GFNS}/count"), &nodes.len().to_string()) {
+        say(&format!("cannot report gfns: {e}"));
+        return;
+    }
+    say(&format!(
+        "gfns pages={} nodes={} first={:#x}",
+        gfns.len(),
+        nodes.len(),
+        gfns.first().copied().unwrap_or(0)
+    ));
+}
+
 /// The buffer, filled with the pattern common to every guest.
 fn filled_buffer() -> Vec<Page> {
     let mut buffer = vec![Page([0; PAGE_SIZE]); BUFFER_PAGES];
@@ -161,12 +243,18 @@ fn say(line: &str) {
 }
 
 /// Check every page against what this guest last wrote there.
+#[cfg(test)]
 fn verify(buffer: &[Page], own_seed: u64, written: bool) -> (usize, Option<usize>) {
+    verify_halves(buffer, own_seed, [false, written])
+}
+
+/// [`verify`] with either half written (`[first, second]`).
+fn verify_halves(buffer: &[Page], own_seed: u64, written: [bool; 2]) -> (usize, Option<usize>) {
     let half = buffer.len() / 2;
     let mut bad = 0;
     let mut first = None;
     for (i, page) in buffer.iter().enumerate() {
-        let seed = if written && i >= half {
+        let seed = if written[usize::from(i >= half)] {
             own_seed
         } else {
             COMMON_SEED
@@ -202,11 +290,13 @@ fn main() {
 
     let mut buffer = filled_buffer();
     say(&format!("filled pages={BUFFER_PAGES} name={name}"));
+    report_gfns(&mut xb, &buffer);
     if let Err(e) = xb.write(STATE, "filled") {
         say(&format!("cannot report state: {e}"));
     }
 
-    let mut written = false;
+    // [first half, second half] overwritten with this guest's pattern.
+    let mut written = [false, false];
     let mut last = String::new();
     loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -222,14 +312,25 @@ fn main() {
             continue;
         }
         last.clone_from(&command);
-        if command == "write" && !written {
+        // `write`: the second half; `write-first`: the first half.
+        let which = match command.as_str() {
+            "write" => Some(1),
+            "write-first" => Some(0),
+            _ => None,
+        };
+        if let Some(which) = which.filter(|w| !written[*w]) {
             let half = buffer.len() / 2;
-            for (i, page) in buffer.iter_mut().enumerate().skip(half) {
-                fill(page, own_seed, i);
+            let range = if which == 0 {
+                0..half
+            } else {
+                half..buffer.len()
+            };
+            for i in range {
+                fill(&mut buffer[i], own_seed, i);
             }
-            written = true;
+            written[which] = true;
         }
-        let (bad, first) = verify(&buffer, own_seed, written);
+        let (bad, first) = verify_halves(&buffer, own_seed, written);
         let state = match first {
             None => format!("{command} ok"),
             Some(first) => format!("{command} bad={bad} first={first}"),
@@ -244,6 +345,19 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gfn_nodes_stay_under_the_node_quota_and_keep_the_order() {
+        let gfns: Vec<u64> = (0..8192u64).map(|i| 0x10_0000 + i * 3).collect();
+        let nodes = gfn_nodes(&gfns);
+        assert!(nodes.iter().all(|n| n.len() <= GFN_NODE_BYTES));
+        let back: Vec<u64> = nodes
+            .iter()
+            .flat_map(|n| n.split(' '))
+            .map(|w| u64::from_str_radix(w, 16).unwrap_or(0))
+            .collect();
+        assert_eq!(back, gfns);
+    }
 
     #[test]
     fn patterns_differ_between_seeds_and_pages_and_verify() {
