@@ -572,28 +572,12 @@ impl Drop for EnomemHandler {
 mod tests {
     use super::*;
     use circ_hv::fake::{FakeHypervisor, FakeXenStore};
-    use circ_hv::{DomainType, Gfn};
+    use circ_hv::Gfn;
 
     const MIB_PAGES: u64 = 256;
 
     fn host() -> (FakeHypervisor, FakeXenStore) {
-        let hv = FakeHypervisor::new();
-        let xs = FakeXenStore::new();
-        for (dom, name) in [(1u16, "ms-a"), (2, "ms-b")] {
-            hv.add_domain(DomId(dom), DomainType::Pvh, 32_768);
-            let _ = xs.write(
-                Transaction::NONE,
-                &format!("/local/domain/{dom}/name"),
-                name.as_bytes(),
-            );
-            let _ = xs.write(
-                Transaction::NONE,
-                &crate::policy::policy_key(DomId(dom)),
-                name.as_bytes(),
-            );
-        }
-        let _ = xs.write(Transaction::NONE, DOM0_TARGET, b"1048576");
-        (hv, xs)
+        crate::test_support::two_opted_in_guests(32_768, 1_048_576)
     }
 
     fn cfg() -> EnomemConfig {

@@ -22,6 +22,9 @@ pub mod status;
 pub mod stop;
 pub mod throttle;
 
+#[cfg(test)]
+mod test_support;
+
 pub use config::{ConfigError, MemshareConfig};
 pub use cpu::CpuTime;
 pub use daemon::{run, run_until};

@@ -125,29 +125,13 @@ pub fn finish<H: Hypervisor>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enomem::{EnomemConfig, DOM0_TARGET};
+    use crate::enomem::EnomemConfig;
     use circ_hv::fake::{FakeHypervisor, FakeXenStore};
-    use circ_hv::{DomId, DomainType, Gfn, Transaction};
+    use circ_hv::{DomId, Gfn};
 
+    /// dom0 at its floor: nothing to balloon, a paused vCPU stays paused.
     fn host() -> (FakeHypervisor, FakeXenStore) {
-        let hv = FakeHypervisor::new();
-        let xs = FakeXenStore::new();
-        for (dom, name) in [(1u16, "ms-a"), (2, "ms-b")] {
-            hv.add_domain(DomId(dom), DomainType::Pvh, 256);
-            let _ = xs.write(
-                Transaction::NONE,
-                &format!("/local/domain/{dom}/name"),
-                name.as_bytes(),
-            );
-            let _ = xs.write(
-                Transaction::NONE,
-                &crate::policy::policy_key(DomId(dom)),
-                name.as_bytes(),
-            );
-        }
-        // dom0 at its floor: nothing to balloon, the vCPU stays paused.
-        let _ = xs.write(Transaction::NONE, DOM0_TARGET, b"524288");
-        (hv, xs)
+        crate::test_support::two_opted_in_guests(256, 524_288)
     }
 
     fn paused_handler(hv: &FakeHypervisor, xs: &FakeXenStore) -> EnomemHandler {

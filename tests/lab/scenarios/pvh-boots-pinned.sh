@@ -1,0 +1,1 @@
+pvh-boots.sh
