@@ -102,17 +102,27 @@ wait_for() {
     done
 }
 
-# guest_tsc_line TYPE: HVM-container guests (pvh, hvm) read the TSC natively.
-# QEMU's emulated CPU has no invariant TSC, so Xen's default would intercept
-# every RDTSC of such a guest (a VM exit, decoded by Xen: the emulated SVM has
-# no next-RIP). The guest kernel's clock reads RDTSC constantly, and every
-# exit under TCG's SVM costs time and has been where PVH guests triple-fault
-# (docs/memshare.md). PV guests do not run under SVM: left at Xen's default.
-guest_tsc_line() {
+# guest_svm_lines TYPE: xl settings for guests that run under the emulated
+# SVM (pvh, hvm); PV guests do not, and keep Xen's defaults.
+# - tsc_mode = "native": QEMU's emulated CPU has no invariant TSC, so Xen's
+#   default would intercept every RDTSC of such a guest (a VM exit, decoded
+#   by Xen: the emulated SVM has no next-RIP). The guest kernel's clock reads
+#   RDTSC constantly, and every exit under TCG's SVM costs time.
+# - cpus = "1": every such guest's vCPU on physical CPU 1 (dom0's vCPUs still
+#   run on both), so that no two vCPUs run under the emulated SVM at once.
+#   With two guests booting side by side on both CPUs, 4 of 30 PVH boots
+#   triple-faulted, each with Xen's own RIP in the guest's state; pinned, 0
+#   of 30 (docs/lab.md, "PVH boot reliability"). GUEST_SVM_CPUS overrides
+#   the list ("" for no pinning, as `pvh-boots-unpinned` measures).
+guest_svm_lines() {
     case $1 in
-    pv) echo '# tsc_mode: Xen default' ;;
-    *) echo 'tsc_mode = "native"' ;;
+    pv) echo '# PV: not under SVM (Xen defaults)' ;;
+    *)
+        echo 'tsc_mode = "native"'
+        [ -n "${GUEST_SVM_CPUS-1}" ] && echo "cpus = \"${GUEST_SVM_CPUS-1}\""
+        ;;
     esac
+    return 0
 }
 
 # guest_config NAME TYPE [MEMORY_MIB]: an xl config for a busybox test guest.
@@ -126,7 +136,7 @@ ramdisk = "/lab/guest/initrd.gz"
 extra = "console=hvc0 quiet"
 memory = ${3:-128}
 vcpus = 1
-$(guest_tsc_line "$2")
+$(guest_svm_lines "$2")
 on_crash = "preserve"
 # A lab guest never reboots on purpose: keep one that does (e.g. after a
 # triple fault) for the logs instead of restarting it under a new domid.

@@ -4,15 +4,15 @@
 # memshare and attest), waits for each one's init or its death, destroys
 # them, and repeats: PVH_BOOTS boots in all (default 30). No retry: every
 # death counts. Not in CI; docs/lab.md gives the measured rates.
-# `pvh-boots-pinned` (a link to this script) is the same run with every
-# guest vCPU on physical CPU 1 (`cpus = "1"`), so that no two guests run
-# under the emulated SVM at once.
+# Guests get the lab's usual settings (`guest_svm_lines` in lib.sh: vCPUs
+# on physical CPU 1). `pvh-boots-unpinned` (a link to this script) measures
+# the lab as it was before: guest vCPUs free to run on both CPUs.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
 . /lab/lib.sh
 
 case $(cat /lab/scenario.name 2>/dev/null) in
-*-pinned) export GUEST_EXTRA_CONFIG='cpus = "1"' ;;
+*-unpinned) export GUEST_SVM_CPUS= ;;
 esac
 
 boots=${PVH_BOOTS:-30}
