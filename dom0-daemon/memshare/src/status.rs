@@ -109,6 +109,9 @@ pub struct DaemonSummary {
     pub cpu_seconds_per_gib_scanned: Option<f64>,
     /// Sharing rings, vCPUs paused for memory, dom0 ballooned.
     pub enomem: EnomemStats,
+    /// How the daemon ended, once it has (see `crate::stop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<crate::stop::StopReport>,
 }
 
 impl DaemonSummary {
@@ -127,6 +130,7 @@ impl DaemonSummary {
             cpu_seconds,
             cpu_seconds_per_gib_scanned: (d.pages_scanned_total > 0).then(|| cpu_seconds / gib),
             enomem: d.enomem,
+            stopped: d.stopped,
         }
     }
 }

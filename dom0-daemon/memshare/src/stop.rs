@@ -229,6 +229,13 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(30));
         assert!(t.join().is_ok());
         let status = DaemonStatus::read(&config.status_file).expect("status written");
+        // `circ share status --json` shows it as `daemon.stopped`.
+        let shown = crate::ShareStatus::collect(&hv, &xs, Some(status.clone())).expect("collect");
+        let json = serde_json::to_value(&shown).expect("json");
+        assert_eq!(
+            json["daemon"]["stopped"]["rings_disabled"],
+            serde_json::json!([1, 2])
+        );
         let stopped = status.stopped.expect("final status");
         assert_eq!(stopped.rings_disabled, [1, 2]);
         assert!(!hv.sharing_rings().is_enabled(DomId(1)));
