@@ -155,8 +155,11 @@ done
 check "daemon stops" kill "$daemon"
 wait "$daemon" 2>/dev/null
 start_daemon
+# The status file is written after each round: a round of three guests can
+# take minutes when the host's cores are busy (seen at 120 s). Generous
+# bound: the run's own time limit still catches a daemon that never comes.
 rings_back() { daemon_json '(.daemon.enomem.rings | length) == 3'; }
-check "restarted daemon holds the three rings" wait_for 120 rings_back
+check "restarted daemon holds the three rings" wait_for 300 rings_back
 check "hog-2 takes Xen's free memory" fill_memory hog-2 || exit 1
 t_write=$(now_ms)
 check "ms-b starts overwriting half its shared buffer" agent_command ms-b write
@@ -193,7 +196,7 @@ check "xl destroy hog-2" xl destroy hog-2
 check "daemon stops (SIGTERM)" kill "$daemon"
 wait "$daemon" 2>/dev/null
 start_daemon --dom0-min-mib "$(dom0_mib)"
-check "daemon with nothing to balloon holds the three rings" wait_for 120 rings_back
+check "daemon with nothing to balloon holds the three rings" wait_for 300 rings_back
 check "hog-3 takes Xen's free memory" fill_memory hog-3 || exit 1
 check "ms-c starts overwriting the first half of its shared buffer" agent_command ms-c write-first
 check "ms-c's vCPU is paused for memory" wait_for 120 paused ms-c
@@ -228,7 +231,7 @@ check "the daemon logged the take-over" grep -q "took over a sharing ring" "$LAB
 kill "$daemon"
 wait "$daemon" 2>/dev/null
 start_daemon --dom0-min-mib "$(dom0_mib)"
-check "daemon (nothing to balloon) holds the three rings again" wait_for 120 rings_back
+check "daemon (nothing to balloon) holds the three rings again" wait_for 300 rings_back
 check "hog-4 takes Xen's free memory" fill_memory hog-4 || exit 1
 check "ms-a starts overwriting the first half of its buffer" agent_command ms-a write-first
 check "ms-a's vCPU is paused for memory" wait_for 120 paused ms-a
