@@ -102,6 +102,21 @@ impl FakeSharingEvents {
         self.lock().attach_calls
     }
 
+    /// What detaching and leaving a ring enabled have in common: every open
+    /// request of `dom` answered (its vCPUs resumed), nothing queued kept.
+    fn release(r: &mut Rings, dom: DomId) {
+        let vcpus: Vec<u32> = r
+            .open
+            .iter()
+            .filter(|q| q.dom == dom)
+            .map(|q| q.vcpu)
+            .collect();
+        for vcpu in vcpus {
+            Self::answer(r, dom, vcpu);
+        }
+        r.queued.retain(|q| q.dom != dom);
+    }
+
     fn answer(r: &mut Rings, dom: DomId, vcpu: u32) {
         let before = r.open.len();
         r.open.retain(|q| !(q.dom == dom && q.vcpu == vcpu));
@@ -155,32 +170,14 @@ impl SharingEvents for FakeSharingEvents {
 
     fn detach(&mut self, dom: DomId) -> Result<(), HvError> {
         let mut r = self.lock();
-        let vcpus: Vec<u32> = r
-            .open
-            .iter()
-            .filter(|q| q.dom == dom)
-            .map(|q| q.vcpu)
-            .collect();
-        for vcpu in vcpus {
-            Self::answer(&mut r, dom, vcpu);
-        }
-        r.queued.retain(|q| q.dom != dom);
+        Self::release(&mut r, dom);
         r.enabled.remove(&dom);
         Ok(())
     }
 
     fn leave_enabled(&mut self, dom: DomId) -> Result<(), HvError> {
         let mut r = self.lock();
-        let vcpus: Vec<u32> = r
-            .open
-            .iter()
-            .filter(|q| q.dom == dom)
-            .map(|q| q.vcpu)
-            .collect();
-        for vcpu in vcpus {
-            Self::answer(&mut r, dom, vcpu);
-        }
-        r.queued.retain(|q| q.dom != dom);
+        Self::release(&mut r, dom);
         if r.enabled.contains(&dom) {
             r.stale.insert(dom);
         }
