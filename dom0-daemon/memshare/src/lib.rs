@@ -15,6 +15,7 @@ pub mod enomem;
 mod error;
 pub mod hash;
 pub mod lock;
+pub mod log_limit;
 pub mod pages;
 pub mod policy;
 pub mod scanner;

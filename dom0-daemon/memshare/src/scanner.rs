@@ -26,7 +26,7 @@
 //! vanished for the rest of the round; the other domains go on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use circ_hv::populated::populated_ranges;
 use circ_hv::{
@@ -36,6 +36,7 @@ use circ_hv::{
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{PageHasher, PageKey, Xxh3Hasher};
+use crate::log_limit::LogLimiter;
 use crate::policy::{domain_name, Eligibility, Policy};
 use crate::throttle::{Clock, Limits, SystemClock, Throttle};
 use crate::MemshareError;
@@ -43,9 +44,10 @@ use crate::MemshareError;
 /// Rounds a domain's populated ranges are reused for at most.
 const RANGES_REFRESH_ROUNDS: u32 = 30;
 
-/// Warnings about guest-triggered trouble per round, before they are only
-/// counted.
-const WARNINGS_PER_ROUND: u32 = 8;
+/// Warnings about guest-triggered trouble per [`WARNING_WINDOW`], before
+/// they are only counted.
+const WARNINGS_PER_WINDOW: u32 = 8;
+const WARNING_WINDOW: Duration = Duration::from_secs(60);
 
 /// Tunables of a scanner.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,23 +190,20 @@ struct Candidate {
 struct Round {
     summary: RoundSummary,
     gone: HashSet<DomId>,
-    warnings_left: u32,
-    suppressed: u64,
 }
 
-impl Round {
-    /// A warning about something a guest can cause, at most a few per round.
-    fn warn(&mut self, dom: DomId, gfn: Option<Gfn>, what: &str, err: &HvError) {
-        if self.warnings_left == 0 {
-            self.suppressed += 1;
-            return;
+/// A warning about something a guest can cause (a page it keeps unsharable
+/// fails every round): a few per minute, the rest counted in the next.
+fn warn_limited(limit: &mut LogLimiter, dom: DomId, gfn: Option<Gfn>, what: &str, err: &HvError) {
+    let Some(suppressed) = limit.allow(Instant::now()) else {
+        return;
+    };
+    let errno = err.errno().map(|e| e.to_string()).unwrap_or_default();
+    match gfn {
+        Some(gfn) => {
+            tracing::warn!(domid = %dom, %gfn, kind = ?err.kind(), %errno, suppressed, "{what}")
         }
-        self.warnings_left -= 1;
-        let errno = err.errno().map(|e| e.to_string()).unwrap_or_default();
-        match gfn {
-            Some(gfn) => tracing::warn!(domid = %dom, %gfn, kind = ?err.kind(), %errno, "{what}"),
-            None => tracing::warn!(domid = %dom, error = %err, %errno, "{what}"),
-        }
+        None => tracing::warn!(domid = %dom, error = %err, %errno, suppressed, "{what}"),
     }
 }
 
@@ -222,6 +221,7 @@ where
     config: ScanConfig,
     domains: BTreeMap<DomId, DomainScan>,
     rounds: u64,
+    warn_log: LogLimiter,
 }
 
 impl<'a, H, F, S> SharingScanner<'a, H, F, S>
@@ -262,6 +262,7 @@ where
             config,
             domains: BTreeMap::new(),
             rounds: 0,
+            warn_log: LogLimiter::new(WARNINGS_PER_WINDOW, WARNING_WINDOW),
         }
     }
 
@@ -287,7 +288,6 @@ where
                 round: self.rounds,
                 ..RoundSummary::default()
             },
-            warnings_left: WARNINGS_PER_ROUND,
             ..Round::default()
         };
 
@@ -350,12 +350,6 @@ where
             .slept()
             .saturating_sub(slept_before)
             .as_millis() as u64;
-        if round.suppressed > 0 {
-            tracing::warn!(
-                count = round.suppressed,
-                "further page-level warnings this round were suppressed"
-            );
-        }
         Ok(round.summary)
     }
 
@@ -400,7 +394,7 @@ where
         if self.is_gone(dom) {
             tracing::info!(domid = %dom, "domain went away during the round");
         } else {
-            round.warn(dom, None, what, err);
+            warn_limited(&mut self.warn_log, dom, None, what, err);
         }
         round.gone.insert(dom);
     }
@@ -784,7 +778,7 @@ where
             round.gone.insert(c.dom);
             return;
         }
-        round.warn(c.dom, Some(c.gfn), what, err);
+        warn_limited(&mut self.warn_log, c.dom, Some(c.gfn), what, err);
         self.count(c.dom, round, |s, r| {
             s.failed += 1;
             r.failed += 1;

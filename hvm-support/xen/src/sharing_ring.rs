@@ -371,8 +371,32 @@ impl SharingRing {
 impl Drop for SharingRing {
     fn drop(&mut self) {
         let domid = u32::from(self.dom.0);
-        // Xen's disable does not unpause vCPUs a request paused: answer
-        // first, and have Xen read the answers now (domctl resume).
+        // With the domain paused no vCPU posts between the last read of the
+        // ring and its disable: a request posted in that gap would leave
+        // its vCPU paused for good (Xen's disable does not unpause vCPUs a
+        // request paused). A domain that is gone fails here; nothing waits.
+        // SAFETY: plain call on a valid handle.
+        let paused = unsafe { sys::xc_domain_pause(self.ctrl.raw(), domid) } == 0;
+        self.release(domid);
+        if paused {
+            // SAFETY: plain call on a valid handle; undoes the pause above.
+            if unsafe { sys::xc_domain_unpause(self.ctrl.raw(), domid) } < 0 {
+                let errno = errno::last();
+                tracing::warn!(domid = self.dom.0, %errno, "failed to unpause the domain after releasing its sharing ring");
+            }
+        }
+        // The page is unmapped and the handles closed as the fields drop.
+    }
+}
+
+impl SharingRing {
+    /// Drop's work, run with the domain paused: read what Xen posted since
+    /// the last wait, answer every open request, have Xen read the answers
+    /// now (domctl resume), then disable the ring or leave it enabled.
+    fn release(&mut self, domid: u32) {
+        if let Err(e) = self.take_requests() {
+            tracing::warn!(domid = self.dom.0, error = %e, "failed to read the sharing ring before releasing it");
+        }
         if let Err(e) = self.respond_all() {
             tracing::warn!(domid = self.dom.0, error = %e, "failed to answer open sharing requests");
         }
@@ -399,7 +423,6 @@ impl Drop for SharingRing {
         if let Err(e) = self.evtchn.unbind(self.port) {
             tracing::debug!(domid = self.dom.0, error = %e, "sharing ring port already gone");
         }
-        // The page is unmapped and the handles closed as the fields drop.
     }
 }
 

@@ -21,13 +21,24 @@
 //! The dead helper's page is out of reach (taken out of the guest's physmap
 //! when it enabled the ring, mapped only by Xen), so its requests cannot be
 //! answered where they are. Instead: disable the stale ring, enable a
-//! throwaway one on a fresh page, put one unpause response per vCPU on it
-//! (at most a ring's worth at a time, each batch read by Xen through the
-//! resume domctl before the next), and disable it again. Every vCPU paused
-//! for memory resumes and retries its write; one still short of memory
-//! faults again and is paused on the new ring the caller enables next,
-//! which is what a helper is for. The throwaway ring's accounting is broken
-//! by design (responses to no request), hence its tear-down.
+//! throwaway one on a fresh page, put unpause responses on it (a ring's
+//! worth at a time, each batch read by Xen through the resume domctl before
+//! the next), and disable it again. Every vCPU paused for memory resumes
+//! and retries its write; one still short of memory faults again and is
+//! paused on the new ring the caller enables next, which is what a helper
+//! is for. The throwaway ring's accounting is broken by design (responses
+//! to no request), hence its tear-down.
+//!
+//! How many responses per vCPU: as many as the stale ring has slots. One
+//! is not enough: a vCPU can be paused more than once before it runs again
+//! (each `mem_sharing_notify_enomem` with the vCPU as `current` adds one to
+//! its count and posts one request; seen in the lab: a guest whose vCPU
+//! stayed paused after a one-response take-over, with no request on the
+//! new ring and its write never done). Every count above zero stands for a
+//! request on the stale ring that no response read by Xen has matched, and
+//! Xen never lets more requests be outstanding than the ring has slots, so
+//! `slots` responses per vCPU bring every count to zero; the surplus is
+//! skipped by Xen (`vm_event_resume` looks at the count first).
 //!
 //! Runs with the domain paused (by the caller), so no vCPU posts to the
 //! throwaway ring meanwhile.
@@ -95,8 +106,9 @@ pub(crate) fn take_over<M: RingMemory>(
     Ok(answered)
 }
 
-/// One `VCPU_PAUSED` response per vCPU id `0..=max_vcpu_id`, a ring's worth
-/// at a time, each batch read by Xen (resume domctl) before the next.
+/// `slots` `VCPU_PAUSED` responses for every vCPU id `0..=max_vcpu_id`, a
+/// ring's worth at a time, each batch read by Xen (resume domctl) before
+/// the next. Returns the number of vCPUs answered.
 fn answer_every_vcpu<M: RingMemory>(
     ctrl: &XenCtrl,
     dom: DomId,
@@ -104,10 +116,7 @@ fn answer_every_vcpu<M: RingMemory>(
     max_vcpu_id: u32,
 ) -> Result<u32, HvError> {
     let slots = ring.geometry().slots();
-    let mut next = 0u32;
-    while next <= max_vcpu_id {
-        let last = max_vcpu_id.min(next.saturating_add(slots - 1));
-        let batch: Vec<VmEvent> = (next..=last).map(VmEvent::unpause).collect();
+    for batch in unpause_batches(max_vcpu_id, slots) {
         ring.push_unsolicited_responses(&batch).map_err(|e| {
             HvError::with_kind(
                 format!("sharing ring of domain {dom}: {e}"),
@@ -122,9 +131,15 @@ fn answer_every_vcpu<M: RingMemory>(
                 "failed to have Xen read the unpause responses for domain {dom}"
             )));
         }
-        next = last + 1;
     }
-    Ok(next)
+    Ok(max_vcpu_id.saturating_add(1))
+}
+
+/// The take-over's responses, in ring-sized batches: `slots` unpauses per
+/// vCPU id `0..=max_vcpu_id` (see the module docs for why `slots`).
+fn unpause_batches(max_vcpu_id: u32, slots: u32) -> impl Iterator<Item = Vec<VmEvent>> {
+    let slots = slots.max(1);
+    (0..=max_vcpu_id).map(move |vcpu| (0..slots).map(|_| VmEvent::unpause(vcpu)).collect())
 }
 
 /// The domain's highest vCPU id.
@@ -163,6 +178,16 @@ mod tests {
         assert_eq!(c.flags, sys::VM_EVENT_FLAG_VCPU_PAUSED, "nothing else");
         assert_eq!(c.reason, sys::VM_EVENT_REASON_MEM_SHARING);
         assert_eq!(c.vcpu_id, 5);
+    }
+
+    #[test]
+    fn every_vcpu_gets_a_ring_s_worth_of_unpauses_one_batch_each() {
+        let batches: Vec<Vec<VmEvent>> = unpause_batches(2, 8).collect();
+        assert_eq!(batches.len(), 3, "one batch per vCPU");
+        for (vcpu, batch) in (0u32..).zip(&batches) {
+            assert_eq!(batch.len(), 8, "as many as the ring has slots");
+            assert!(batch.iter().all(|r| r.vcpu == vcpu));
+        }
     }
 
     #[test]

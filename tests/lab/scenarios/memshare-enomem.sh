@@ -38,12 +38,47 @@ alive() { guest_alive "$1" || { echo "$1: '$(guest_state "$1")'"; return 1; }; }
 # no_crash_logged DOMID...: Xen logged no "ENOMEM and no helper", and no
 # triple fault or crash of these domains.
 no_crash_logged() {
-    local id found=0
-    xl dmesg | grep 'ENOMEM and no helper' && found=1
+    local id found=0 log
+    log=$( (cat "$LAB_OUT/xen-dmesg-saved.txt" 2>/dev/null; xl dmesg) )
+    echo "$log" | grep 'ENOMEM and no helper' && found=1
     for id in "$@"; do
-        xl dmesg | grep -E "d${id}v[0-9]+ Triple fault|Domain ${id} \(vcpu#[0-9]+\) crashed" && found=1
+        echo "$log" | grep -E "d${id}v[0-9]+ Triple fault|Domain ${id} \(vcpu#[0-9]+\) crashed" && found=1
     done
     return "$found"
+}
+
+# vcpu_pauses NAME...: "NAME vCPU pause_count=N pause_flags=F" per vCPU,
+# from Xen's domain dump (debug key q). A vCPU Xen paused for memory and
+# nobody answered shows pause_count above zero with its domain running.
+vcpu_pauses() {
+    local dump name id
+    # The dump may push older lines out of Xen's console ring: keep them
+    # for no_crash_logged.
+    xl dmesg >>"$LAB_OUT/xen-dmesg-saved.txt"
+    xl debug-keys q
+    dump=$(xl dmesg | awk '/pressed -> dumping domain info/ { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }')
+    for name in "$@"; do
+        id=$(domid "$name")
+        echo "$dump" | awk -v id="$id" -v name="$name" '
+            /^\(XEN\) VCPU information and callbacks for domain / { mine = ($NF == id ":") }
+            mine && /VCPU[0-9]+: CPU/ { vcpu = $2; sub(":", "", vcpu) }
+            mine && /pause_count=/ { print name, vcpu, $2, $3 }'
+    done
+}
+# dump_vcpus LABEL: on a failed step, what Xen says of the guests' vCPUs.
+dump_vcpus() {
+    vcpu_pauses ms-a ms-b ms-c >"$LAB_OUT/$1-vcpus.txt" 2>&1
+    xl vcpu-list >>"$LAB_OUT/$1-vcpus.txt" 2>&1
+    info "memshare-enomem: vCPUs after '$1'" "$(jq -Rsc . "$LAB_OUT/$1-vcpus.txt")"
+}
+# none_left_paused NAME...: every vCPU of these running guests has Xen's
+# pause count at zero.
+none_left_paused() {
+    local out
+    out=$(vcpu_pauses "$@")
+    echo "$out"
+    [ "$(echo "$out" | grep -c 'pause_count=')" -ge "$#" ] || { echo "no dump for some guest"; return 1; }
+    ! echo "$out" | grep -q 'pause_count=[1-9]'
 }
 
 if [ "$LAB_XEN" = stock ]; then
@@ -222,7 +257,8 @@ sleep 5
 check "ms-c stays paused with nobody on its ring" still_writing_c
 start_daemon
 check "the next daemon takes over the rings and ms-c's write completes" \
-    wait_for 180 agent_answered ms-c write-first
+    wait_for 180 agent_answered ms-c write-first || dump_vcpus phase3-takeover
+check "after the take-over no guest vCPU is left paused by Xen" none_left_paused ms-a ms-b ms-c
 check "ms-c verified its whole buffer" agent_ok ms-c write-first
 check "the daemon logged the take-over" grep -q "took over a sharing ring" "$LAB_OUT/daemon.err"
 
@@ -234,7 +270,7 @@ start_daemon --dom0-min-mib "$(dom0_mib)"
 check "daemon (nothing to balloon) holds the three rings again" wait_for 300 rings_back
 check "hog-4 takes Xen's free memory" fill_memory hog-4 || exit 1
 check "ms-a starts overwriting the first half of its buffer" agent_command ms-a write-first
-check "ms-a's vCPU is paused for memory" wait_for 120 paused ms-a
+check "ms-a's vCPU is paused for memory" wait_for 120 paused ms-a || dump_vcpus phase4-write
 check "SIGKILL the daemon" kill -KILL "$daemon"
 wait "$daemon" 2>/dev/null
 check "operator frees memory: xl destroy hog-4" xl destroy hog-4
@@ -244,9 +280,11 @@ check "ms-a stays paused after SIGKILL (nobody answers its ring)" still_writing_
 check "ms-a alive (paused, not crashed)" alive ms-a
 t_start=$(now_ms)
 start_daemon
-check "the next start resumes ms-a and its write completes" wait_for 180 agent_answered ms-a write-first
+check "the next start resumes ms-a and its write completes" wait_for 180 agent_answered ms-a write-first ||
+    dump_vcpus phase4-takeover
 timing "memshare-enomem: daemon start to the killed daemon's vCPU resumed and write done" $(($(now_ms) - t_start))
 check "ms-a verified its whole buffer" agent_ok ms-a write-first
+check "after the second take-over no guest vCPU is left paused by Xen" none_left_paused ms-a ms-b ms-c
 check "status after the take-over" status takeover
 check_json "the new daemon holds all three rings" "$LAB_OUT/takeover.json" '(.daemon.enomem.rings | length) == 3'
 

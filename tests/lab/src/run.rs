@@ -518,6 +518,24 @@ fn log_event(event: &Event) {
 
 /// Copies `/out` of the payload disk (the scenario's logs) into the run directory.
 fn extract_outputs(payload: &Path, run_dir: &Path) {
+    // A run cut short (time limit, a hung scenario) leaves dom0's writes in
+    // the journal, where debugfs does not look: replay it first. e2fsck
+    // exits 1 when it replayed something, so only a failure to run counts.
+    let replay = cmd(
+        "e2fsck",
+        [
+            "-y".as_ref(),
+            "-E".as_ref(),
+            "journal_only".as_ref(),
+            payload.as_os_str(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status();
+    if let Err(err) = replay {
+        tracing::warn!(%err, "could not replay the payload's journal (e2fsck)");
+    }
     let request = format!("rdump /out {}", run_dir.display());
     let result = run_cmd(&mut cmd(
         "debugfs",
