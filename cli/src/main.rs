@@ -13,8 +13,7 @@ mod xen;
 
 use std::process::ExitCode;
 
-use circ_cli_support::{init_logging, Exit};
-use circ_xen::OpenError;
+use circ_cli_support::{finish, init_logging};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -68,16 +67,5 @@ fn main() -> ExitCode {
         Command::Attest(cmd) => attest::run(cmd),
         Command::Tpm(cmd) => tpm::run(cmd),
     };
-    match result {
-        Ok(exit) => exit.into(),
-        // Not a dom0: one line, and a status scripts can tell from "failed".
-        Err(err) if matches!(err.downcast_ref(), Some(OpenError::NotDom0(_))) => {
-            eprintln!("circ: {err}");
-            Exit::CannotRun.into()
-        }
-        Err(err) => {
-            eprintln!("circ: {err:#}");
-            Exit::Failure.into()
-        }
-    }
+    finish("circ", result)
 }

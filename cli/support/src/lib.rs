@@ -49,6 +49,41 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// How a main that opens Xen handles ends on `result`: the status the error
+/// stands for, and its message on standard error after `program: `. "Not a
+/// dom0" is [`Exit::CannotRun`] (one line); another scanner holding the
+/// host's sharing lock is [`Exit::Busy`]; anything else is
+/// [`Exit::Failure`] with the whole error chain.
+#[cfg(feature = "xen")]
+pub fn finish(program: &str, result: anyhow::Result<Exit>) -> ExitCode {
+    let err = match result {
+        Ok(exit) => return exit.into(),
+        Err(err) => err,
+    };
+    let exit = status_of(&err);
+    if exit == Exit::Failure {
+        eprintln!("{program}: {err:#}");
+    } else {
+        eprintln!("{program}: {err}");
+    }
+    exit.into()
+}
+
+#[cfg(feature = "xen")]
+fn status_of(err: &anyhow::Error) -> Exit {
+    if matches!(err.downcast_ref(), Some(circ_xen::OpenError::NotDom0(_))) {
+        return Exit::CannotRun;
+    }
+    #[cfg(feature = "memshare")]
+    if err
+        .downcast_ref()
+        .is_some_and(circ_memshare::LockError::is_busy)
+    {
+        return Exit::Busy;
+    }
+    Exit::Failure
+}
+
 /// Logs to standard error through `tracing`, filtered by `filter`
 /// (`EnvFilter` syntax, e.g. `info,tss_esapi=warn`). Colour only on a
 /// terminal: logs kept in files (the lab's, CI's, a daemon's) stay plain.

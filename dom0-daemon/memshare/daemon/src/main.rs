@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use circ_cli_support::memshare::{LockArgs, ScanArgs};
-use circ_cli_support::{init_logging, Exit};
+use circ_cli_support::{finish, init_logging, Exit};
 use circ_memshare::MemshareConfig;
-use circ_xen::{OpenError, XenHypervisor, XenStoreHandle};
+use circ_xen::{XenHypervisor, XenStoreHandle};
 use clap::Parser;
 
 /// Share identical pages of opted-in HVM/PVH guests (see `circ share`).
@@ -30,24 +30,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.scan.to_config().unwrap_or_else(|e| e.exit());
     init_logging(&cli.log_filter);
-    match run(&config, &cli.lock) {
-        Ok(()) => Exit::Success.into(),
-        Err(e)
-            if e.downcast_ref()
-                .is_some_and(circ_memshare::LockError::is_busy) =>
-        {
-            eprintln!("circ-memshare: {e}");
-            Exit::Busy.into()
-        }
-        Err(e) if matches!(e.downcast_ref(), Some(OpenError::NotDom0(_))) => {
-            eprintln!("circ-memshare: {e}");
-            Exit::CannotRun.into()
-        }
-        Err(e) => {
-            eprintln!("circ-memshare: {e:#}");
-            Exit::Failure.into()
-        }
-    }
+    finish(
+        "circ-memshare",
+        run(&config, &cli.lock).map(|()| Exit::Success),
+    )
 }
 
 fn run(config: &MemshareConfig, lock: &LockArgs) -> anyhow::Result<()> {
