@@ -135,6 +135,7 @@ pub struct Site {
     pub section: Option<String>,
     /// Index of the program header of the executable segment holding it.
     pub segment: usize,
+    #[serde(flatten)]
     pub outcome: Outcome,
 }
 
@@ -158,7 +159,7 @@ pub enum Outcome {
 
 /// Why a site is unsafe (the rules in the crate docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum UnsafeReason {
     /// In a stretch the sweep could not prove (rule 3), for the reason given.
     Unproven { why: String },
@@ -327,3 +328,6 @@ impl std::fmt::Display for UnsafeReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

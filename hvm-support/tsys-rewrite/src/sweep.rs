@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind};
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind};
 
 use crate::elf::Elf;
 use crate::{CodeRegion, Counts, Mode, Outcome, Report, Site, UnsafeReason, INT_0X81, SYSCALL};
@@ -189,7 +189,7 @@ fn sweep(r: &mut Region<'_>, branches: &mut Vec<(u64, u64)>) {
             decoder.decode_out(&mut ins);
             let len = ins.len();
             if ins.is_invalid() || len == 0 {
-                failure = Some(if pos + 15 > r.bytes.len() {
+                failure = Some(if decoder.last_error() == DecoderError::NoMoreBytes {
                     format!(
                         "the instruction at {:#x} runs past the end of the code",
                         ins.ip()
