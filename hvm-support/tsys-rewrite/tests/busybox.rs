@@ -108,9 +108,11 @@ fn busybox_static_every_syscall_and_nothing_else() -> Result<()> {
     let took = started.elapsed();
     let counts = &out.report.counts;
     eprintln!(
-        "busybox {VERSION}: {} bytes, {} code bytes, {} instructions; {} rewritten, {} embedded 0f 05, {} unsafe, {} branches into instructions; {:.3} s",
+        "busybox {VERSION}: {} bytes, {} code bytes in {} regions, {} anchors, {} instructions; {} rewritten, {} embedded 0f 05, {} unsafe, {} branches into instructions; {:.3} s",
         original.len(),
         counts.code_bytes,
+        out.report.code.len(),
+        out.report.code.iter().map(|c| c.anchors).sum::<usize>(),
         counts.instructions,
         counts.rewritten,
         counts.embedded,
