@@ -195,6 +195,10 @@ impl Cursor<'_> {
             }
             value |= bits << shift;
             if byte & 0x80 == 0 {
+                // One encoding per number, so decode and encode are inverses.
+                if byte == 0 && shift > 0 {
+                    return Err(ShadowError::CorruptRunFormat("varint not minimal"));
+                }
                 return Ok(value);
             }
         }
@@ -252,6 +256,7 @@ mod tests {
             b"CSR1\x01\x00\x00\x00\x00",
             b"CSR1\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f\x00\x00",
             b"CSR1\x01\x80\x80\x80\x80\x80\x80\x80\x08\x00\x00",
+            b"CSR1\x01\x80\x00\x00\x00",
         ] {
             let err = RunFormatV1::decode(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{bad:?}");
