@@ -7,6 +7,7 @@
 mod attest;
 mod cas;
 mod measure;
+mod shadow;
 mod share;
 mod tpm;
 mod xen;
@@ -53,6 +54,9 @@ enum Command {
     /// Seal and unseal secrets to PCR values; TPM housekeeping.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// Shadows: capture a guest process's page tables from dom0.
+    #[command(subcommand)]
+    Shadow(shadow::ShadowCommand),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Measure(cmd) => measure::run(cmd),
         Command::Attest(cmd) => attest::run(cmd),
         Command::Tpm(cmd) => tpm::run(cmd),
+        Command::Shadow(cmd) => shadow::run(cmd),
     };
     finish("circ", result)
 }

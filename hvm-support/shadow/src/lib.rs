@@ -24,7 +24,8 @@ pub use paging::{check_paging, Level, PageSize, Root, CR0_PG, CR4_LA57, CR4_PAE}
 pub use runs::{Run, RunFormatV1};
 pub use translate::{FrameTranslation, Identity, M2pMap};
 pub use walk::{
-    translate_va, walk, Capture, Leaf, ReservedPolicy, Scope, WalkLimits, WalkOptions, WalkStats,
+    translate_va, walk, Capture, CaptureSummary, Leaf, ReservedPolicy, Scope, WalkLimits,
+    WalkOptions, WalkStats,
 };
 
 #[cfg(test)]

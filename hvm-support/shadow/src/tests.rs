@@ -406,7 +406,12 @@ fn runs_va_versus_va_and_pa() {
     assert_eq!(va.iter().map(|r| r.pages).sum::<u64>(), pages);
     let bytes = RunFormatV1::encode(&vapa);
     assert_eq!(RunFormatV1::decode(&bytes).unwrap(), vapa);
-    assert!(bytes.len() < 8 * 5, "{} bytes", bytes.len());
+    let summary = capture.summary();
+    assert_eq!((summary.va_runs, summary.va_pa_runs), (3, 8));
+    assert_eq!(summary.run_format_bytes, bytes.len() as u64);
+    assert_eq!(summary.fixed_triple_bytes, 24 * 8);
+    assert_eq!(summary.frame_array_bytes, 8 * (5 + 513 + 4));
+    assert!(summary.run_format_bytes < summary.fixed_triple_bytes / 4);
 }
 
 #[test]

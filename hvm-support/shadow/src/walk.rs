@@ -413,3 +413,38 @@ impl<F: ForeignMemory, T: FrameTranslation + ?Sized> Walker<'_, F, T> {
         Ok(())
     }
 }
+
+/// What `circ shadow capture` reports about a capture: the paper's
+/// measures (pages, VA runs, VA+PA runs) and the sizes of three encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CaptureSummary {
+    /// 4 KiB pages present.
+    pub pages: u64,
+    pub leaves: u64,
+    pub va_runs: u64,
+    pub va_pa_runs: u64,
+    /// [`crate::RunFormatV1`] of the VA+PA runs.
+    pub run_format_bytes: u64,
+    /// Fixed 24-byte `(va, pfn, len)` triples per VA+PA run.
+    pub fixed_triple_bytes: u64,
+    /// A bare 8-byte frame per present page (pagemap's cost).
+    pub frame_array_bytes: u64,
+    pub stats: WalkStats,
+}
+
+impl Capture {
+    pub fn summary(&self) -> CaptureSummary {
+        let va_runs = crate::runs::va_runs(&self.leaves);
+        let va_pa_runs = crate::runs::va_pa_runs(&self.leaves);
+        CaptureSummary {
+            pages: self.stats.pages,
+            leaves: self.stats.leaves,
+            va_runs: va_runs.len() as u64,
+            va_pa_runs: va_pa_runs.len() as u64,
+            run_format_bytes: crate::RunFormatV1::encoded_len(&va_pa_runs) as u64,
+            fixed_triple_bytes: 24 * va_pa_runs.len() as u64,
+            frame_array_bytes: 8 * self.stats.pages,
+            stats: self.stats,
+        }
+    }
+}

@@ -9,8 +9,8 @@ use circ_hv::fake::FakeHypervisor;
 use circ_hv::{DomId, DomainType, Gfn};
 use circ_shadow::runs::va_pa_runs;
 use circ_shadow::{
-    translate_va, walk, Identity, ReservedPolicy, Root, RunFormatV1, Scope, TableCache,
-    WalkLimits, WalkOptions,
+    translate_va, walk, Identity, ReservedPolicy, Root, RunFormatV1, Scope, TableCache, WalkLimits,
+    WalkOptions,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -31,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
         frame: u64::from(root % 20),
     };
     let options = WalkOptions {
-        scope: if select & 1 == 0 { Scope::User } else { Scope::All },
+        scope: if select & 1 == 0 {
+            Scope::User
+        } else {
+            Scope::All
+        },
         reserved: if select & 2 == 0 {
             ReservedPolicy::Skip
         } else {
