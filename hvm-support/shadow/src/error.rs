@@ -57,6 +57,17 @@ pub enum ShadowError {
         limit: u64,
     },
 
+    #[error("p2m list at va {va:#x}: {why}")]
+    P2mList { va: u64, why: &'static str },
+
+    #[error("failed to read the p2m list of domain {dom} at va {va:#x}")]
+    P2mUnreadable {
+        dom: DomId,
+        va: u64,
+        #[source]
+        source: HvError,
+    },
+
     #[error("a root of domain {root} was walked with a table cache of domain {cache}")]
     DomainMismatch { root: DomId, cache: DomId },
 
@@ -70,7 +81,9 @@ impl ShadowError {
             ShadowError::FiveLevelPaging { .. } | ShadowError::NotLongMode { .. } => {
                 ErrorKind::Unsupported
             }
-            ShadowError::TableUnreadable { .. } => ErrorKind::BadFrame,
+            ShadowError::TableUnreadable { .. }
+            | ShadowError::P2mList { .. }
+            | ShadowError::P2mUnreadable { .. } => ErrorKind::BadFrame,
             ShadowError::ReservedBits { .. } => ErrorKind::ReservedBits,
             ShadowError::NonCanonical { .. } | ShadowError::DomainMismatch { .. } => {
                 ErrorKind::InvalidInput

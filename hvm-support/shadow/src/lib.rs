@@ -7,12 +7,14 @@
 //!   guest-physical frames: the identity for HVM/PVH, an [`M2pMap`] for PV.
 //! - [`runs`]: the capture compressed into VA runs and VA+PA runs, and the
 //!   compact [`RunFormatV1`] whose size `circ shadow capture` reports.
+//! - [`p2m`]: a PV guest's p2m list read through the walker, for [`M2pMap`].
 //!
 //! Everything here is safe code over the traits; see `docs/shadow.md`.
 #![forbid(unsafe_code)]
 
 mod cache;
 mod error;
+pub mod p2m;
 mod paging;
 pub mod runs;
 mod translate;

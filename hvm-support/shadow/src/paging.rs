@@ -92,8 +92,8 @@ impl fmt::Display for Level {
         f.write_str(match self {
             Level::L4 => "L4 (PML4)",
             Level::L3 => "L3 (PDPT)",
-            Level::L2 => "L2 (page directory)",
-            Level::L1 => "L1 (page table)",
+            Level::L2 => "L2 (PD)",
+            Level::L1 => "L1 (PT)",
         })
     }
 }

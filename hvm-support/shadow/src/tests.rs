@@ -269,7 +269,7 @@ fn bad_frames_name_the_level_and_va() {
     assert_eq!(err.kind(), ErrorKind::BadFrame);
     let msg = err.to_string();
     assert!(
-        msg.contains("L1 (page table)") && msg.contains("va 0x600000"),
+        msg.contains("L1 (PT) table at frame 0x70000") && msg.contains("va 0x600000"),
         "{msg}"
     );
     assert!(std::error::Error::source(&err).is_some());
@@ -560,4 +560,45 @@ fn arbitrary_run_format_bytes_never_panic() {
         bytes.extend((0..len % 64).map(|_| rng.next() as u8));
         let _ = RunFormatV1::decode(&bytes);
     }
+}
+
+#[test]
+fn pv_p2m_list_is_read_through_the_walker() {
+    // A PV guest (machine frames) with its p2m list at a kernel VA, 1.5
+    // pages of entries, and one user page.
+    let mut g = Guest::new(DomainType::Pv, 0x8_0000);
+    let list_va = 0xffff_c900_0000_0000;
+    let max_pfn = 768u64;
+    let p2m: Vec<u64> = (0..max_pfn)
+        .map(|pfn| if pfn == 5 { !0 } else { 0x9_0000 + pfn })
+        .collect();
+    for (page, entries) in p2m.chunks(512).enumerate() {
+        let frame = 0xa_0000 + page as u64;
+        let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+        g.hv.set_page(DOM, Gfn(frame), &bytes);
+        g.map(
+            list_va + 0x1000 * page as u64,
+            PageSize::Size4K,
+            frame,
+            PRESENT,
+        );
+    }
+    g.map(0x1000, PageSize::Size4K, 0x9_0007, USER_RW);
+
+    let mut cache = g.cache();
+    let list = crate::p2m::read_p2m_list(&mut cache, g.root(), list_va, max_pfn).unwrap();
+    assert_eq!(list.len(), 768);
+    assert_eq!(
+        (list[0], list[5], list[767]),
+        (Mfn(0x9_0000), Mfn(!0), Mfn(0x9_02ff))
+    );
+    let m2p = M2pMap::from_p2m(&list);
+    let capture = walk(&mut cache, g.root(), &m2p, &user()).unwrap();
+    assert_eq!(capture.leaves[0].pfn, Gfn(7));
+
+    let err = crate::p2m::read_p2m_list(&mut cache, g.root(), list_va, 2000).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadFrame);
+    assert!(err.to_string().contains("not mapped"), "{err}");
+    let err = crate::p2m::read_p2m_list(&mut cache, g.root(), list_va, 1 << 40).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded);
 }
