@@ -59,6 +59,19 @@ check_json "circ-pvh populated memory is its 128 MiB (32768 pages, plus a few sp
     "$LAB_OUT/circ-pvh-memory.json" '.populated_pages >= 32000 and .populated_pages < 34000'
 timing "circ-pvh: probe populated memory" "$(jq -r '.probe_ms // 0' "$LAB_OUT/circ-pvh-memory.json")"
 
+# The page-table walker (circ-shadow) on a real guest: vCPU 0's tables,
+# kernel half included (the vCPU may be idle, in the kernel's own tables).
+# HVM/PVH entries hold gfns; the walk reads them through foreign mappings.
+circ shadow capture "$pvh" --vcpu 0 --all --pause --json >"$LAB_OUT/circ-pvh-shadow.json"
+check_json "circ-pvh page tables walked from vCPU 0's CR3: the kernel's direct map of its RAM, in fewer VA runs than VA+PA runs" \
+    "$LAB_OUT/circ-pvh-shadow.json" '.pages >= 16384 and .va_runs >= 1 and .va_runs <= .va_pa_runs'
+info "circ-pvh: page-table capture" "$(jq -c '{pages, leaves, va_runs, va_pa_runs, run_format_bytes, capture_ms}' "$LAB_OUT/circ-pvh-shadow.json")"
+refused_cr3() {
+    ! circ shadow capture "$pvh" --cr3 0xffffffff000 >"$LAB_OUT/bad-cr3.txt" 2>&1 &&
+        grep -qi "cr3\|frame\|map" "$LAB_OUT/bad-cr3.txt"
+}
+check "a CR3 outside the guest is refused with an error naming it" refused_cr3
+
 # A xenstore watch through the bindings sees a write.
 timeout 30 circ xen store watch /local/domain/0/circ-smoke --count 2 >"$LAB_OUT/watch.txt" &
 watcher=$!
