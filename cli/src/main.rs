@@ -9,6 +9,7 @@ mod cas;
 mod measure;
 mod share;
 mod tpm;
+mod tsys;
 mod xen;
 
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Command {
     /// Seal and unseal secrets to PCR values; TPM housekeeping.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// Trusted system calls (int 0x81, patched Xen): authorise domains, list trusted processes.
+    #[command(subcommand)]
+    Tsys(tsys::TsysCommand),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Measure(cmd) => measure::run(cmd),
         Command::Attest(cmd) => attest::run(cmd),
         Command::Tpm(cmd) => tpm::run(cmd),
+        Command::Tsys(cmd) => tsys::run(cmd),
     };
     match result {
         Ok(exit) => exit.into(),
