@@ -126,6 +126,7 @@ guest_svm_lines() {
 }
 
 # guest_config NAME TYPE [MEMORY_MIB]: an xl config for a busybox test guest.
+# GUEST_CMDLINE adds to the guest kernel's command line (e.g. circ.tsys).
 guest_config() {
     local cfg="$LAB_OUT/$1.cfg"
     cat >"$cfg" <<CFG
@@ -133,7 +134,7 @@ name = "$1"
 type = "$2"
 kernel = "/lab/guest/vmlinuz"
 ramdisk = "/lab/guest/initrd.gz"
-extra = "console=hvc0 quiet"
+extra = "console=hvc0 quiet${GUEST_CMDLINE:+ $GUEST_CMDLINE}"
 memory = ${3:-128}
 vcpus = 1
 $(guest_svm_lines "$2")
