@@ -105,8 +105,8 @@ fn list(hv: &XenHypervisor, only: Option<DomId>, json: bool) -> anyhow::Result<(
         for p in &s.processes {
             writeln!(
                 out,
-                "  l4 {}: calls {} restores {} deferred {} pending {}",
-                p.l4_mfn, p.calls, p.restores, p.deferred, p.pending
+                "  l4 {}: calls {} bounces {} restores {} deferred {} pending {} dropped {}",
+                p.l4_mfn, p.calls, p.bounces, p.restores, p.deferred, p.pending, p.dropped
             )?;
         }
     }

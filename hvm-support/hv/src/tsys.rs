@@ -67,15 +67,19 @@ impl fmt::Debug for TsysToken {
 pub struct TsysProcess {
     /// Machine frame of the process's user L4 page table: its identity.
     pub l4_mfn: Mfn,
-    /// `int $0x81` calls forwarded to the guest kernel.
+    /// System calls (`int $0x81` or `syscall`) forwarded to the guest kernel.
     pub calls: u64,
     /// Returns to the process with its registers restored.
     pub restores: u64,
     /// Returns from the kernel elsewhere (a signal handler) while a call
     /// was in flight: the state stayed with Xen.
     pub deferred: u64,
-    /// Calls in flight now.
+    /// Calls in flight now (and interrupted states the kernel holds).
     pub pending: u32,
+    /// Other entries into the kernel (exceptions, events) concealed.
+    pub bounces: u64,
+    /// Saved states dropped because 8 were pending (abandoned calls).
+    pub dropped: u64,
 }
 
 /// A domain's trusted-syscall state in Xen.

@@ -34,6 +34,8 @@ pub struct xen_domctl_circ_tsys {
     pub pending: u32,
     pub pad: u32,
     pub refused: u64,
+    pub bounces: u64,
+    pub dropped: u64,
 }
 
 /// `struct xen_domctl` with its union as the 128 bytes of its largest
@@ -49,7 +51,7 @@ pub struct xen_domctl {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<xen_domctl_circ_tsys>() == 96);
+    assert!(core::mem::size_of::<xen_domctl_circ_tsys>() == 112);
     assert!(core::mem::size_of::<xen_domctl_circ_tsys>() <= 128);
     assert!(core::mem::size_of::<xen_domctl>() == 144);
 };

@@ -101,6 +101,8 @@ pub(crate) fn status(ctrl: &XenCtrl, dom: DomId) -> Result<TsysStatus, HvError> 
             restores: out.restores,
             deferred: out.deferred,
             pending: out.pending,
+            bounces: out.bounces,
+            dropped: out.dropped,
         });
         index += 1;
         if index >= out.nr_procs.min(MAX_PROCS) {

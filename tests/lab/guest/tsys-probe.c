@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -134,6 +135,41 @@ static long int81_register(const uint64_t token[4])
             "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"            \
             "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                      \
             ".size " #name ", .-" #name "\n")
+/*
+ * uint64_t spin_int81(int ready_fd, volatile int *flag, uint64_t pattern)
+ * uint64_t spin_syscall(...): the same with `syscall` for the ready byte.
+ *
+ * Loads the pattern as BLOCK_FN does, writes the ready byte, then spins in
+ * user mode, making no call, until *flag is set: whatever the kernel sees
+ * of it then comes from an interrupt or event, not a call. Returns the
+ * mask of changed registers in bits 32-37.
+ */
+#define SPIN_FN(name, insn)                                                    \
+    __asm__(".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n" \
+            "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"             \
+            "  push %r14\n  push %r15\n  sub $24, %rsp\n"                      \
+            "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                      \
+            "  mov %rdx, %rbx\n  xor $1, %rbx\n"                               \
+            "  mov %rdx, %rbp\n  xor $2, %rbp\n"                               \
+            "  mov %rdx, %r12\n  xor $3, %r12\n"                               \
+            "  mov %rdx, %r13\n  xor $4, %r13\n"                               \
+            "  mov %rdx, %r14\n  xor $5, %r14\n"                               \
+            "  mov %rdx, %r15\n  xor $6, %r15\n"                               \
+            "  movb $0x2a, (%rsp)\n"                                           \
+            "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n" \
+            "  mov 16(%rsp), %rdi\n"                                           \
+            "2:\n  pause\n  cmpl $0, (%rdi)\n  je 2b\n"                          \
+            "  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"                            \
+            REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)              \
+            REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)              \
+            "  shl $32, %r9\n  mov %r9, %rax\n"                                \
+            "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"            \
+            "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                      \
+            ".size " #name ", .-" #name "\n")
+SPIN_FN(spin_int81, "int $0x81");
+SPIN_FN(spin_syscall, "syscall");
+uint64_t spin_int81(int ready_fd, volatile int *flag, uint64_t pattern);
+uint64_t spin_syscall(int ready_fd, volatile int *flag, uint64_t pattern);
 BLOCK_FN(block_int81, "int $0x81");
 BLOCK_FN(block_syscall, "syscall");
 uint64_t block_int81(int ready_fd, int read_fd, uint64_t pattern);
@@ -414,7 +450,8 @@ static void usr1_nested_call(int sig)
 }
 
 /* In the registered process: calls, a bad pointer, fork, a signal mid-call. */
-static int trusted_process(const uint64_t *token, int ready_fd, int data_fd)
+static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
+                           volatile int *flag)
 {
     static const char hello[] = "circ-tsys: hello from a trusted process\n";
     long r, pid_int81, pid_sys;
@@ -487,6 +524,15 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd)
               "read %d, changed registers mask %#x", ret, after);
     }
 
+    /* 4. Guest root looks with ptrace while we compute (no call). */
+    {
+        uint64_t res = spin_int81(ready_fd, flag, PATTERN);
+
+        check("trusted-regs-restored-after-interrupt", (res >> 32) == 0,
+              "after ptrace stopped it in user mode, the trusted process's changed "
+              "registers: mask %#x", (unsigned)(res >> 32));
+    }
+
     t0 = now_ns();
     for (i = 0; i < 2000; i++)
         int81(SYS_getpid, 0, 0, 0);
@@ -506,12 +552,16 @@ static void trusted_checks(const uint64_t *token)
     char go[16];
     pid_t pid;
 
-    if (pipe(ready) || pipe(data))
+    volatile int *flag = mmap(0, 4096, PROT_READ | PROT_WRITE,
+                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    if (flag == MAP_FAILED || pipe(ready) || pipe(data))
         return;
+    *flag = 0;
     pid = fork();
     if (pid == 0) {
         checks = failed = 0;
-        _exit(trusted_process(token, ready[1], data[0]));
+        _exit(trusted_process(token, ready[1], data[0], flag));
     }
 
     /* 1. ptrace while it blocks. */
@@ -536,6 +586,18 @@ static void trusted_checks(const uint64_t *token)
             usleep(200000);
         }
         (void)!write(data[1], "x", 1);
+    }
+    /* 4. ptrace while it computes in user mode. */
+    {
+        char c;
+        if (read(ready[0], &c, 1) == 1) {
+            usleep(300000);
+            seen = ptrace_probe("trusted-running", pid);
+            check("trusted-regs-hidden-running", seen == 0,
+                  "pattern registers guest root saw in PTRACE_GETREGS after stopping the "
+                  "trusted process in user mode: %d of %d", seen, NR_PATTERN_REGS);
+        }
+        *flag = 1;
     }
     status = wait_status(pid);
     check("trusted-process", WIFEXITED(status) && WEXITSTATUS(status) == 0,
@@ -574,6 +636,36 @@ static void twin_checks(void)
                   (int)(int32_t)r, (unsigned)(r >> 32));
     }
     wait_status(pid);
+
+    /* And while it computes in user mode. */
+    {
+        volatile int *flag = mmap(0, 4096, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        uint64_t r = ~0ULL;
+        char c;
+
+        if (flag == MAP_FAILED)
+            return;
+        *flag = 0;
+        pid = fork();
+        if (pid == 0) {
+            r = spin_syscall(ready[1], flag, PATTERN);
+            (void)!write(result[1], &r, sizeof(r));
+            _exit(0);
+        }
+        if (read(ready[0], &c, 1) == 1) {
+            usleep(300000);
+            seen = ptrace_probe("twin-running", pid);
+            check("twin-regs-visible-running", seen == NR_PATTERN_REGS,
+                  "pattern registers guest root saw for the untrusted twin stopped in "
+                  "user mode: %d of %d", seen, NR_PATTERN_REGS);
+        }
+        *flag = 1;
+        if (read(result[0], &r, sizeof(r)) == sizeof(r))
+            check("twin-regs-intact-running", (r >> 32) == 0,
+                  "twin after the stop: changed registers mask %#x", (unsigned)(r >> 32));
+        wait_status(pid);
+    }
     close(ready[0]);
     close(ready[1]);
     close(data[0]);

@@ -37,7 +37,7 @@ if [ "$LAB_XEN" = stock ]; then
          grep -q 'no trusted system calls' '$LAB_OUT/authorise-stock.err'"
     check "circ tsys list refuses cleanly on stock Xen" sh -c "! circ tsys list $dom"
     xenstore-write "$(node token)" none
-    expected_guest_checks=5
+    expected_guest_checks=7
 else
     check "circ tsys list before authorising" list_json before
     check_json "domain not authorised before" "$LAB_OUT/before.json" \
@@ -57,9 +57,11 @@ else
         "$LAB_OUT/during.json" \
         '.[0].processes[0] | .calls >= 7 and .restores >= 6 and .deferred >= 1'
     check_json "the token was used up" "$LAB_OUT/during.json" '.[0].token_armed == false'
+    check_json "other entries into the kernel (interrupts, events) concealed too" \
+        "$LAB_OUT/during.json" '.[0].processes[0].bounces >= 1'
     circ tsys list >"$LAB_OUT/during.txt" 2>&1
     xenstore-write "$(node go)" 1
-    expected_guest_checks=15
+    expected_guest_checks=19
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"

@@ -357,6 +357,8 @@ impl FakeHypervisor {
                 restores: 0,
                 deferred: 0,
                 pending: 0,
+                bounces: 0,
+                dropped: 0,
             });
         }
         true
