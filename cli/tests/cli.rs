@@ -42,3 +42,24 @@ fn bad_arguments_exit_with_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
 }
+
+#[test]
+fn tsys_outside_dom0_says_so_in_one_line() {
+    if Path::new("/proc/xen/capabilities").exists() {
+        return; // the lab's `tsys` scenario covers a real dom0
+    }
+    for args in [
+        &["tsys", "list", "--json"][..],
+        &["tsys", "authorise", "3"],
+        &["tsys", "revoke", "3"],
+    ] {
+        let out = circ(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("not running in a Xen dom0"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // A domain id is a number.
+    assert_eq!(circ(&["tsys", "authorise", "guest"]).status.code(), Some(2));
+}
