@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -445,6 +446,25 @@ static void flood_check(int n)
           n, describe(status));
 }
 
+/* Threads of the trusted process: same address space, own stacks. */
+struct thread_probe {
+    int ready[2], data[2];
+    long pid, bad_calls;
+    uint64_t pattern, res;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_probe *t = arg;
+    int i;
+
+    for (i = 0; i < 500; i++)
+        if (int81(SYS_getpid, 0, 0, 0) != t->pid)
+            t->bad_calls++;
+    t->res = block_int81(t->ready[1], t->data[0], t->pattern);
+    return 0;
+}
+
 static volatile long handler_pid;
 static void usr1_nested_call(int sig)
 {
@@ -534,6 +554,34 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
         check("trusted-regs-restored-after-interrupt", (res >> 32) == 0,
               "after ptrace stopped it in user mode, the trusted process's changed "
               "registers: mask %#x", (unsigned)(res >> 32));
+    }
+
+    /* 5. Two threads (two vCPUs in the lab) calling and blocking at once. */
+    {
+        struct thread_probe th[2] = { { .pid = pid_sys }, { .pid = pid_sys } };
+        pthread_t tid[2];
+        int ok = 1, n;
+        char c;
+
+        for (n = 0; n < 2; n++) {
+            th[n].pattern = PATTERN + ((uint64_t)(n + 1) << 8);
+            if (pipe(th[n].ready) || pipe(th[n].data) ||
+                pthread_create(&tid[n], 0, thread_main, &th[n]))
+                ok = 0;
+        }
+        for (n = 0; ok && n < 2; n++)
+            ok = read(th[n].ready[0], &c, 1) == 1;
+        usleep(200000);
+        for (n = 0; n < 2; n++) {
+            (void)!write(th[n].data[1], "x", 1);
+            pthread_join(tid[n], 0);
+        }
+        check("trusted-threads", ok && !th[0].bad_calls && !th[1].bad_calls &&
+                                     th[0].res == 1 && th[1].res == 1,
+              "two threads, 500 getpid each through int 0x81 (bad %ld, %ld), then both "
+              "blocked in a read at once: results %#llx %#llx (want 1: read 1 byte, "
+              "registers intact)", th[0].bad_calls, th[1].bad_calls,
+              (unsigned long long)th[0].res, (unsigned long long)th[1].res);
     }
 
     t0 = now_ns();

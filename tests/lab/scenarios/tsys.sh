@@ -20,6 +20,8 @@ set -u
 
 GUEST=tsys-pv
 export GUEST_CMDLINE=circ.tsys
+# Two vCPUs: the trusted process's threads call and block on both at once.
+export GUEST_VCPUS=2
 
 check "PV guest boots to its init" start_guest "$GUEST" pv
 dom=$(xl domid "$GUEST")
@@ -61,7 +63,7 @@ else
         "$LAB_OUT/during.json" '.[0].processes[0].bounces >= 1'
     circ tsys list >"$LAB_OUT/during.txt" 2>&1
     xenstore-write "$(node go)" 1
-    expected_guest_checks=19
+    expected_guest_checks=20
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"
