@@ -10,6 +10,7 @@ mod measure;
 mod shadow;
 mod share;
 mod tpm;
+mod tsys;
 mod xen;
 
 use std::process::ExitCode;
@@ -57,6 +58,9 @@ enum Command {
     /// Shadows: capture a guest process's page tables from dom0.
     #[command(subcommand)]
     Shadow(shadow::ShadowCommand),
+    /// Trusted system calls (int 0x81, patched Xen): authorise domains, list trusted processes.
+    #[command(subcommand)]
+    Tsys(tsys::TsysCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Attest(cmd) => attest::run(cmd),
         Command::Tpm(cmd) => tpm::run(cmd),
         Command::Shadow(cmd) => shadow::run(cmd),
+        Command::Tsys(cmd) => tsys::run(cmd),
     };
     finish("circ", result)
 }

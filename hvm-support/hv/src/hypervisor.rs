@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DomId, Errno, ErrorKind, Gfn, GrantRef, HvError, SharingEvents, SharingHandle, PAGE_SIZE,
+    DomId, Errno, ErrorKind, Gfn, GrantRef, HvError, SharingEvents, SharingHandle, TsysStatus,
+    TsysToken, PAGE_SIZE,
 };
 
 /// Hypervisor version as reported by `XENVER_version` / `XENVER_extraversion`.
@@ -274,6 +275,35 @@ pub trait Hypervisor {
             None,
         ))
     }
+
+    /// Trusted system calls (xen-patches/0002): lets `dom`'s processes
+    /// register, arming one registration with `token` (replacing an unused
+    /// one). `NotSupported` on a hypervisor without the patch or for a
+    /// domain that is not 64-bit PV.
+    fn tsys_authorise(&self, dom: DomId, token: &TsysToken) -> Result<(), HvError> {
+        let _ = (dom, token);
+        Err(tsys_unsupported())
+    }
+
+    /// Ends `dom`'s authorisation, its armed token and every registration.
+    fn tsys_revoke(&self, dom: DomId) -> Result<(), HvError> {
+        let _ = dom;
+        Err(tsys_unsupported())
+    }
+
+    /// `dom`'s trusted-syscall state: authorisation and registered processes.
+    fn tsys_status(&self, dom: DomId) -> Result<TsysStatus, HvError> {
+        let _ = dom;
+        Err(tsys_unsupported())
+    }
+}
+
+fn tsys_unsupported() -> HvError {
+    HvError::with_kind(
+        "this hypervisor has no trusted system calls",
+        ErrorKind::NotSupported,
+        None,
+    )
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod populated;
 pub mod report;
 pub mod ring;
 mod sharing_events;
+pub mod tsys;
 mod xenstore;
 
 #[cfg(any(test, feature = "fake"))]
@@ -38,4 +39,5 @@ pub use hypervisor::{
 };
 pub use ids::{DomId, Gfn, GfnRange, GrantRef, Mfn, SharingHandle, PAGE_SIZE};
 pub use sharing_events::{Attached, EnomemRequest, SharingEvents};
+pub use tsys::{TsysProcess, TsysStatus, TsysToken, TSYS_TOKEN_LEN};
 pub use xenstore::{Transaction, WatchEvent, XenStore};

@@ -12,3 +12,6 @@
 #![allow(clippy::all, missing_debug_implementations)]
 
 include!("bindings.rs");
+
+// Circular's own domctl (xen-patches/0002), declared by hand.
+include!("tsys.rs");

@@ -5,7 +5,7 @@ use std::mem;
 
 use circ_hv::{
     DomId, DomainInfo, ErrorKind, Gfn, GrantRef, HvError, Hypervisor, PhysInfo, SharePage,
-    ShareSide, SharingEvents, SharingHandle, VcpuRegs, VirtCaps, XenVersion,
+    ShareSide, SharingEvents, SharingHandle, TsysStatus, TsysToken, VcpuRegs, VirtCaps, XenVersion,
 };
 use circ_xen_sys as sys;
 
@@ -295,6 +295,18 @@ impl Hypervisor for XenHypervisor {
     /// PV: `xc_vcpu_getcontext`, read as a 64-bit guest (32-bit PV guests
     /// are not supported). HVM/PVH: the `CPU` record of the HVM save
     /// context, instance = vCPU id.
+    fn tsys_authorise(&self, dom: DomId, token: &TsysToken) -> Result<(), HvError> {
+        crate::tsys::authorise(&self.ctrl, dom, token)
+    }
+
+    fn tsys_revoke(&self, dom: DomId) -> Result<(), HvError> {
+        crate::tsys::revoke(&self.ctrl, dom)
+    }
+
+    fn tsys_status(&self, dom: DomId) -> Result<TsysStatus, HvError> {
+        crate::tsys::status(&self.ctrl, dom)
+    }
+
     fn vcpu_registers(&self, dom: DomId, vcpu: u32) -> Result<VcpuRegs, HvError> {
         let info = self.domain(dom)?;
         let what = || format!("failed to read vcpu {vcpu} of domain {dom}");

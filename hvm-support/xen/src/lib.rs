@@ -31,6 +31,7 @@ mod logger;
 mod shared;
 mod sharing_ring;
 mod stale_ring;
+mod tsys;
 mod xenstore;
 
 pub use ctrl::XenCtrl;

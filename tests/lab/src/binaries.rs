@@ -10,9 +10,10 @@ use crate::{LabError, Result};
 pub const DOM0_BINARIES: &[&str] = &["circ", "circ-memshare"];
 
 /// Go into the test guests' initrd (`/bin`) instead; the guest init starts
-/// `circ-guest-agent`. The guests are busybox with no C library, so these
+/// `circ-guest-agent`, and `circ-tsys-probe` when the kernel command line
+/// asks (`circ.tsys`). The guests are busybox with no C library, so these
 /// must be static executables.
-pub const GUEST_BINARIES: &[&str] = &["circ-guest-agent"];
+pub const GUEST_BINARIES: &[&str] = &["circ-guest-agent", "circ-tsys-probe"];
 
 /// How to build what the lab needs, for error messages.
 const HOW_TO_BUILD: &str = "build them with scripts/build";
@@ -181,11 +182,12 @@ mod tests {
         std::fs::copy("/bin/sh", dir.path().join("circ-guest-agent")).unwrap();
         let err = binaries_under_test(dir.path()).unwrap_err().to_string();
         assert!(err.contains("dynamically linked"), "{err}");
-        std::fs::write(
-            dir.path().join("circ-guest-agent"),
-            elf(&[(1, 0, 0x40)], &[]),
-        )
-        .unwrap();
-        assert_eq!(binaries_under_test(dir.path()).unwrap().len(), 3);
+        for name in GUEST_BINARIES {
+            std::fs::write(dir.path().join(name), elf(&[(1, 0, 0x40)], &[])).unwrap();
+        }
+        assert_eq!(
+            binaries_under_test(dir.path()).unwrap().len(),
+            DOM0_BINARIES.len() + GUEST_BINARIES.len()
+        );
     }
 }

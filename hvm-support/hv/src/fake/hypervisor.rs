@@ -7,8 +7,8 @@ use super::sharing_events::Rings;
 use super::{os_err, FakeSharingEvents};
 use crate::{
     DomId, DomainInfo, DomainState, DomainType, Errno, ErrorKind, ForeignMapping, ForeignMemory,
-    Gfn, GrantRef, HvError, Hypervisor, PhysInfo, Placement, Protection, SharePage, ShareSide,
-    SharingHandle, VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
+    Gfn, GrantRef, HvError, Hypervisor, Mfn, PhysInfo, Placement, Protection, SharePage, ShareSide,
+    SharingHandle, TsysProcess, TsysStatus, TsysToken, VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
 };
 
 type FrameId = u64;
@@ -34,6 +34,16 @@ struct Domain {
     mapped: HashMap<Gfn, u32>,
     grants: HashMap<GrantRef, Grant>,
     vcpus: Vec<VcpuRegs>,
+    tsys: FakeTsys,
+}
+
+/// A domain's trusted-syscall state, as xen-patches/0002 keeps it.
+#[derive(Debug, Default)]
+struct FakeTsys {
+    authorised: bool,
+    token: Option<TsysToken>,
+    refused: u64,
+    processes: Vec<TsysProcess>,
 }
 
 /// A page a domain granted (to dom0: the fake knows no other grantee).
@@ -48,6 +58,7 @@ struct Host {
     version: XenVersion,
     phys: PhysInfo,
     sharing_supported: bool,
+    tsys_supported: bool,
     domains: BTreeMap<DomId, Domain>,
     frames: HashMap<FrameId, Frame>,
     next_frame: FrameId,
@@ -184,6 +195,7 @@ impl FakeHypervisor {
                 },
             },
             sharing_supported: true,
+            tsys_supported: true,
             domains: BTreeMap::new(),
             frames: HashMap::new(),
             next_frame: 1,
@@ -319,6 +331,69 @@ impl FakeHypervisor {
 
     /// The host's sharing rings, as [`Hypervisor::sharing_events`] hands
     /// them out: for tests to post requests and check answers.
+    /// A hypervisor without xen-patches/0002: the tsys calls fail with ENOSYS.
+    pub fn set_tsys_supported(&self, supported: bool) {
+        self.lock().tsys_supported = supported;
+    }
+
+    /// What a guest process's registration `int $0x81` does: succeeds only
+    /// with the armed token of an authorised domain, which it consumes; a
+    /// refusal is counted.
+    pub fn tsys_register(&self, dom: DomId, token: &TsysToken, l4: Mfn) -> bool {
+        let mut host = self.lock();
+        let Ok(d) = host.domain_mut(dom) else {
+            return false;
+        };
+        let t = &mut d.tsys;
+        if !t.authorised || t.token.as_ref() != Some(token) {
+            t.refused += 1;
+            return false;
+        }
+        t.token = None;
+        if !t.processes.iter().any(|p| p.l4_mfn == l4) {
+            t.processes.push(TsysProcess {
+                l4_mfn: l4,
+                calls: 0,
+                restores: 0,
+                deferred: 0,
+                pending: 0,
+                bounces: 0,
+                dropped: 0,
+            });
+        }
+        true
+    }
+
+    /// The guest freed (or unpinned) an L4: its registration ends.
+    pub fn tsys_l4_gone(&self, dom: DomId, l4: Mfn) {
+        if let Ok(d) = self.lock().domain_mut(dom) {
+            d.tsys.processes.retain(|p| p.l4_mfn != l4);
+        }
+    }
+
+    fn tsys_domain<R>(
+        &self,
+        dom: DomId,
+        what: &str,
+        f: impl FnOnce(&mut FakeTsys) -> R,
+    ) -> Result<R, HvError> {
+        let mut host = self.lock();
+        if !host.tsys_supported {
+            return Err(os_err(
+                format!("failed to {what} domain {dom}: no trusted system calls"),
+                libc::ENOSYS,
+            ));
+        }
+        let d = host.domain_mut(dom)?;
+        if d.domain_type != DomainType::Pv {
+            return Err(os_err(
+                format!("failed to {what} domain {dom}: not a 64-bit PV domain"),
+                libc::EOPNOTSUPP,
+            ));
+        }
+        Ok(f(&mut d.tsys))
+    }
+
     pub fn sharing_rings(&self) -> FakeSharingEvents {
         FakeSharingEvents::new(self.clone(), Arc::clone(&self.rings))
     }
@@ -342,6 +417,7 @@ fn new_domain(domain_type: DomainType, max_pages: u64) -> Domain {
         mapped: HashMap::new(),
         grants: HashMap::new(),
         vcpus: vec![VcpuRegs::default()],
+        tsys: FakeTsys::default(),
     }
 }
 
@@ -514,6 +590,30 @@ impl Hypervisor for FakeHypervisor {
             return Err(os_err("memory sharing is not built in", libc::ENOSYS));
         }
         Ok(Box::new(self.sharing_rings()))
+    }
+
+    fn tsys_authorise(&self, dom: DomId, token: &TsysToken) -> Result<(), HvError> {
+        self.tsys_domain(dom, "authorise", |t| {
+            t.authorised = true;
+            t.token = Some(token.clone());
+        })
+    }
+
+    fn tsys_revoke(&self, dom: DomId) -> Result<(), HvError> {
+        self.tsys_domain(dom, "revoke", |t| {
+            t.authorised = false;
+            t.token = None;
+            t.processes.clear();
+        })
+    }
+
+    fn tsys_status(&self, dom: DomId) -> Result<TsysStatus, HvError> {
+        self.tsys_domain(dom, "read the trusted-syscall state of", |t| TsysStatus {
+            authorised: t.authorised,
+            token_armed: t.token.is_some(),
+            refused: t.refused,
+            processes: t.processes.clone(),
+        })
     }
 }
 
@@ -804,6 +904,51 @@ mod tests {
                 .kind(),
             ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn tsys_token_registers_once_and_l4_reuse_loses_trust() {
+        let hv = FakeHypervisor::new();
+        let guest = DomId(3);
+        hv.add_domain(guest, DomainType::Pv, 1024);
+        let token = TsysToken::from_bytes([7; 32]);
+        assert!(
+            !hv.tsys_register(guest, &token, Mfn(0x100)),
+            "not authorised yet"
+        );
+        hv.tsys_authorise(guest, &token).unwrap();
+        let status = hv.tsys_status(guest).unwrap();
+        assert!(status.authorised && status.token_armed);
+        assert!(!hv.tsys_register(guest, &TsysToken::from_bytes([8; 32]), Mfn(0x100)));
+        assert!(hv.tsys_register(guest, &token, Mfn(0x100)));
+        assert!(
+            !hv.tsys_register(guest, &token, Mfn(0x200)),
+            "one-time token"
+        );
+        let status = hv.tsys_status(guest).unwrap();
+        assert!(!status.token_armed);
+        assert_eq!(status.refused, 3);
+        assert_eq!(status.processes.len(), 1);
+        assert_eq!(status.processes[0].l4_mfn, Mfn(0x100));
+        hv.tsys_l4_gone(guest, Mfn(0x100));
+        assert!(hv.tsys_status(guest).unwrap().processes.is_empty());
+        hv.tsys_authorise(guest, &token).unwrap();
+        assert!(hv.tsys_register(guest, &token, Mfn(0x100)));
+        hv.tsys_revoke(guest).unwrap();
+        let status = hv.tsys_status(guest).unwrap();
+        assert!(!status.authorised && !status.token_armed && status.processes.is_empty());
+    }
+
+    #[test]
+    fn tsys_is_for_pv_guests_on_a_patched_hypervisor() {
+        let hv = FakeHypervisor::new();
+        hv.add_domain(DomId(4), DomainType::Pvh, 1024);
+        let token = TsysToken::from_bytes([1; 32]);
+        let err = hv.tsys_authorise(DomId(4), &token).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotSupported);
+        hv.set_tsys_supported(false);
+        let err = hv.tsys_status(DomId::DOM0).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotSupported);
     }
 
     #[test]

@@ -1,0 +1,774 @@
+/*
+ * circ-tsys-probe: the guest half of the lab's `tsys` scenario (trusted
+ * system calls through int $0x81, xen-patches/0002). Static, for the
+ * busybox test guests; built by scripts/build.
+ *
+ *   circ-tsys-probe guest
+ *   circ-tsys-probe selftest   (no Xen needed: the untrusted half)
+ *
+ * Started by the guest's init when the kernel command line has `circ.tsys`.
+ * Waits for dom0's token in xenstore (data/tsys/token, written by
+ * `circ tsys authorise`; "none" on a stock hypervisor), removes it, runs
+ * the checks and reports each as a console line:
+ *
+ *   circ-tsys: check NAME ok|FAIL DETAIL
+ *   circ-tsys: info NAME VALUE
+ *   circ-tsys: done checks=N failed=M
+ *
+ * The trusted calls are hand-written `int $0x81` with the syscall ABI; the
+ * untrusted twin runs the same code with `syscall`.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+/* xen-patches/0002: 'tsys' << 32 | 1. */
+#define TSYS_OP_REGISTER 0x7473797300000001UL
+/* The secret pattern in the callee-saved registers: PATTERN ^ 1..6. */
+#define PATTERN 0x5ec2e75ec2e75e00UL
+#define NR_PATTERN_REGS 6
+
+static int checks, failed;
+
+static void say(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof(line) - 2)
+        n = sizeof(line) - 2;
+    line[n++] = '\n';
+    /* One write per line: lines of several processes stay whole. */
+    (void)!write(1, line, n);
+}
+
+static void check(const char *name, int ok, const char *fmt, ...)
+{
+    char detail[384];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    checks++;
+    if (!ok)
+        failed++;
+    say("circ-tsys: check %s %s %s", name, ok ? "ok" : "FAIL", detail);
+}
+
+/* --- int $0x81 and syscall with the syscall ABI ------------------------- */
+
+static long int81(long nr, long a1, long a2, long a3)
+{
+    long ret;
+    __asm__ volatile("int $0x81"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a1), "S"(a2), "d"(a3)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+static long int81_register(const uint64_t token[4])
+{
+    long ret;
+    register uint64_t r10 __asm__("r10") = token[3];
+    __asm__ volatile("int $0x81"
+                     : "=a"(ret)
+                     : "a"(TSYS_OP_REGISTER), "D"(token[0]), "S"(token[1]),
+                       "d"(token[2]), "r"(r10)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+/*
+ * uint64_t block_int81(int ready_fd, int read_fd, uint64_t pattern)
+ * uint64_t block_syscall(...): the same with `syscall`.
+ *
+ * Loads PATTERN ^ k into rbx, rbp, r12-r15 (k = 1..6), writes one byte to
+ * ready_fd, then blocks in read(read_fd, 1 byte). Returns the read's result
+ * (low 32 bits, signed) and, in bits 32-37, which of the six registers did
+ * not hold its value after the calls.
+ */
+#define REG_CHECK(reg, k)                                                      \
+    "  mov %rcx, %rdx\n  xor $" #k ", %rdx\n  cmp %rdx, %" #reg "\n"          \
+    "  je 1f\n  or $(1 << (" #k " - 1)), %r9\n1:\n"
+#define BLOCK_FN(name, insn)                                                   \
+    __asm__(".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n" \
+            "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"             \
+            "  push %r14\n  push %r15\n  sub $24, %rsp\n"                      \
+            "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                      \
+            "  mov %rdx, %rbx\n  xor $1, %rbx\n"                               \
+            "  mov %rdx, %rbp\n  xor $2, %rbp\n"                               \
+            "  mov %rdx, %r12\n  xor $3, %r12\n"                               \
+            "  mov %rdx, %r13\n  xor $4, %r13\n"                               \
+            "  mov %rdx, %r14\n  xor $5, %r14\n"                               \
+            "  mov %rdx, %r15\n  xor $6, %r15\n"                               \
+            "  xor %r8d, %r8d\n  xor %r9d, %r9d\n  xor %r10d, %r10d\n"          \
+            "  movb $0x2a, (%rsp)\n"                                           \
+            "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n" \
+            "  xor %eax, %eax\n  mov 16(%rsp), %rdi\n  lea (%rsp), %rsi\n"     \
+            "  mov $1, %edx\n  " insn "\n"                                     \
+            "  mov %eax, %r8d\n  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"          \
+            REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)              \
+            REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)              \
+            "  shl $32, %r9\n  mov %r8, %rax\n  or %r9, %rax\n"                \
+            "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"            \
+            "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                      \
+            ".size " #name ", .-" #name "\n")
+/*
+ * uint64_t spin_int81(int ready_fd, volatile int *flag, uint64_t pattern)
+ * uint64_t spin_syscall(...): the same with `syscall` for the ready byte.
+ *
+ * Loads the pattern as BLOCK_FN does, writes the ready byte, then spins in
+ * user mode, making no call, until *flag is set: whatever the kernel sees
+ * of it then comes from an interrupt or event, not a call. Returns the
+ * mask of changed registers in bits 32-37.
+ */
+#define SPIN_FN(name, insn)                                                    \
+    __asm__(".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n" \
+            "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"             \
+            "  push %r14\n  push %r15\n  sub $24, %rsp\n"                      \
+            "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                      \
+            "  mov %rdx, %rbx\n  xor $1, %rbx\n"                               \
+            "  mov %rdx, %rbp\n  xor $2, %rbp\n"                               \
+            "  mov %rdx, %r12\n  xor $3, %r12\n"                               \
+            "  mov %rdx, %r13\n  xor $4, %r13\n"                               \
+            "  mov %rdx, %r14\n  xor $5, %r14\n"                               \
+            "  mov %rdx, %r15\n  xor $6, %r15\n"                               \
+            "  xor %r8d, %r8d\n  xor %r9d, %r9d\n  xor %r10d, %r10d\n"          \
+            "  movb $0x2a, (%rsp)\n"                                           \
+            "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n" \
+            "  mov 16(%rsp), %rdi\n"                                           \
+            "2:\n  pause\n  cmpl $0, (%rdi)\n  je 2b\n"                          \
+            "  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"                            \
+            REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)              \
+            REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)              \
+            "  shl $32, %r9\n  mov %r9, %rax\n"                                \
+            "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"            \
+            "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                      \
+            ".size " #name ", .-" #name "\n")
+SPIN_FN(spin_int81, "int $0x81");
+SPIN_FN(spin_syscall, "syscall");
+uint64_t spin_int81(int ready_fd, volatile int *flag, uint64_t pattern);
+uint64_t spin_syscall(int ready_fd, volatile int *flag, uint64_t pattern);
+BLOCK_FN(block_int81, "int $0x81");
+BLOCK_FN(block_syscall, "syscall");
+uint64_t block_int81(int ready_fd, int read_fd, uint64_t pattern);
+uint64_t block_syscall(int ready_fd, int read_fd, uint64_t pattern);
+
+/* --- xenstore over /dev/xen/xenbus (no library in a busybox guest) ------ */
+
+#define XS_READ 2
+#define XS_RM 13
+#define XS_ERROR 16
+
+static int xs_request(uint32_t type, const char *path, char *out, size_t outsz)
+{
+    uint32_t hdr[4] = { type, 1, 0, (uint32_t)strlen(path) + 1 };
+    char msg[256];
+    int fd, n, len;
+
+    if (hdr[3] + sizeof(hdr) > sizeof(msg))
+        return -1;
+    fd = open("/dev/xen/xenbus", O_RDWR);
+    if (fd < 0)
+        return -1;
+    memcpy(msg, hdr, sizeof(hdr));
+    memcpy(msg + sizeof(hdr), path, hdr[3]);
+    if (write(fd, msg, sizeof(hdr) + hdr[3]) != (ssize_t)(sizeof(hdr) + hdr[3]) ||
+        read(fd, hdr, sizeof(hdr)) != sizeof(hdr)) {
+        close(fd);
+        return -1;
+    }
+    len = hdr[3];
+    if (len < 0 || (size_t)len >= outsz) {
+        close(fd);
+        return -1;
+    }
+    for (n = 0; n < len;) {
+        int r = read(fd, out + n, len - n);
+        if (r <= 0) {
+            close(fd);
+            return -1;
+        }
+        n += r;
+    }
+    out[len] = 0;
+    close(fd);
+    return hdr[0] == XS_ERROR ? -1 : len;
+}
+
+static int parse_token(const char *hex, uint64_t token[4])
+{
+    uint8_t bytes[32];
+    int i;
+
+    for (i = 0; i < 32; i++) {
+        unsigned int b;
+        if (sscanf(hex + 2 * i, "%2x", &b) != 1)
+            return -1;
+        bytes[i] = b;
+    }
+    memcpy(token, bytes, sizeof(bytes)); /* little-endian words */
+    return 0;
+}
+
+/* --- helpers -------------------------------------------------------------- */
+
+static int wait_status(pid_t pid)
+{
+    int status;
+
+    while (waitpid(pid, &status, __WALL) < 0)
+        if (errno != EINTR)
+            return -1;
+    return status;
+}
+
+static const char *describe(int status)
+{
+    static char buf[64];
+
+    if (WIFEXITED(status))
+        snprintf(buf, sizeof(buf), "exit %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(buf, sizeof(buf), "signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, sizeof(buf), "status %#x", status);
+    return buf;
+}
+
+static int killed_by_sigsegv(int status)
+{
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+}
+
+/* Waits until `pid` sleeps (state S) in the kernel, i.e. blocks in its read. */
+static int wait_sleeping(pid_t pid)
+{
+    char path[64], buf[256];
+    int i;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    for (i = 0; i < 200; i++) {
+        int fd = open(path, O_RDONLY), n;
+        char *p;
+
+        if (fd < 0)
+            return -1;
+        n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n > 0) {
+            buf[n] = 0;
+            p = strrchr(buf, ')');
+            if (p && p[1] == ' ' && p[2] == 'S') {
+                usleep(100000);
+                return 0;
+            }
+        }
+        usleep(20000);
+    }
+    return -1;
+}
+
+/*
+ * How many of the six pattern registers guest root sees in PTRACE_GETREGS.
+ * Only those six: the syscall ABI registers are the kernel's to see (the
+ * block functions clear the ones their calls do not use, so no copy of the
+ * pattern the compiler left there can show up either).
+ */
+static int pattern_in_regs(const struct user_regs_struct *r)
+{
+    const unsigned long long words[] = { r->rbx, r->rbp, r->r12, r->r13, r->r14, r->r15 };
+    unsigned int i;
+    int seen = 0;
+
+    for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if ((words[i] & ~0xfULL) == PATTERN)
+            seen++;
+    return seen;
+}
+
+/* Guest root's view, by ptrace, of `pid` blocked in its read: how many of the
+ * six pattern registers PTRACE_GETREGS shows (-1 if the probe failed). */
+static int ptrace_probe(const char *who, pid_t pid)
+{
+    struct user_regs_struct regs;
+    int status, seen = -1;
+
+    if (ptrace(PTRACE_ATTACH, pid, 0, 0) != 0) {
+        say("circ-tsys: %s: PTRACE_ATTACH: %s", who, strerror(errno));
+        return -1;
+    }
+    status = wait_status(pid);
+    if (WIFSTOPPED(status) && ptrace(PTRACE_GETREGS, pid, 0, &regs) == 0) {
+        seen = pattern_in_regs(&regs);
+        say("circ-tsys: info %s-getregs rbx=%#llx rbp=%#llx r12=%#llx r13=%#llx "
+            "r14=%#llx r15=%#llx rcx=%#llx rip=%#llx rsp=%#llx",
+            who, regs.rbx, regs.rbp, regs.r12, regs.r13, regs.r14, regs.r15, regs.rcx,
+            regs.rip, regs.rsp);
+    }
+    ptrace(PTRACE_DETACH, pid, 0, 0);
+    return seen;
+}
+
+/* Waits for the child's ready byte (sent just before it blocks), then for
+ * it to sleep in its read. */
+static int wait_blocked(int ready_fd, pid_t pid)
+{
+    char c;
+
+    if (read(ready_fd, &c, 1) != 1)
+        return -1;
+    return wait_sleeping(pid);
+}
+
+#define XS_WRITE 11
+static int xs_write(const char *path, const char *value)
+{
+    char payload[200], out[64];
+    size_t n = strlen(path) + 1, m = strlen(value);
+    uint32_t hdr[4] = { XS_WRITE, 1, 0, 0 };
+    char msg[256];
+    int fd, ok;
+
+    if (n + m > sizeof(payload))
+        return -1;
+    memcpy(payload, path, n);
+    memcpy(payload + n, value, m);
+    hdr[3] = n + m;
+    fd = open("/dev/xen/xenbus", O_RDWR);
+    if (fd < 0)
+        return -1;
+    memcpy(msg, hdr, sizeof(hdr));
+    memcpy(msg + sizeof(hdr), payload, hdr[3]);
+    ok = write(fd, msg, sizeof(hdr) + hdr[3]) == (ssize_t)(sizeof(hdr) + hdr[3]) &&
+         read(fd, hdr, sizeof(hdr)) == sizeof(hdr) && hdr[0] != XS_ERROR &&
+         hdr[3] < sizeof(out) && read(fd, out, hdr[3]) == (ssize_t)hdr[3];
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+/* --- the checks ------------------------------------------------------------- */
+
+static void untrusted_checks(const uint64_t *token)
+{
+    pid_t pid;
+    int status;
+
+    pid = fork();
+    if (pid == 0) {
+        int81(SYS_getpid, 0, 0, 0);
+        _exit(0);
+    }
+    status = wait_status(pid);
+    check("untrusted-int81-sigsegv", killed_by_sigsegv(status),
+          "an unregistered process's int 0x81: %s", describe(status));
+
+    pid = fork();
+    if (pid == 0) {
+        uint64_t bad[4] = { 1, 2, 3, 4 };
+        if (token)
+            memcpy(bad, token, sizeof(bad)), bad[2] ^= 1;
+        int81_register(bad);
+        _exit(0);
+    }
+    status = wait_status(pid);
+    check("bad-token-sigsegv", killed_by_sigsegv(status),
+          "registration with a wrong token: %s", describe(status));
+}
+
+/* Skips the faulting int $0x81 so that a flood keeps going. */
+static volatile long segv_count;
+static void skip_int81(int sig, siginfo_t *si, void *uc_)
+{
+    ucontext_t *uc = uc_;
+
+    (void)sig;
+    (void)si;
+    segv_count++;
+    uc->uc_mcontext.gregs[REG_RIP] += 2;
+}
+
+static void flood_check(int n)
+{
+    struct sigaction sa = { 0 };
+    uint64_t t0;
+    pid_t pid;
+    int status, i;
+
+    pid = fork();
+    if (pid == 0) {
+        sa.sa_sigaction = skip_int81;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGSEGV, &sa, 0);
+        t0 = now_ns();
+        for (i = 0; i < n; i++)
+            int81(SYS_getpid, 0, 0, 0);
+        say("circ-tsys: info flood-ns-per-call %llu",
+            (unsigned long long)((now_ns() - t0) / n));
+        _exit(segv_count == n ? 0 : 1);
+    }
+    status = wait_status(pid);
+    check("untrusted-flood", WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "%d unregistered int 0x81, each a SIGSEGV the process survived: %s",
+          n, describe(status));
+}
+
+/* Threads of the trusted process: same address space, own stacks. */
+struct thread_probe {
+    int ready[2], data[2];
+    long pid, bad_calls;
+    uint64_t pattern, res;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_probe *t = arg;
+    int i;
+
+    for (i = 0; i < 500; i++)
+        if (int81(SYS_getpid, 0, 0, 0) != t->pid)
+            t->bad_calls++;
+    t->res = block_int81(t->ready[1], t->data[0], t->pattern);
+    return 0;
+}
+
+static volatile long handler_pid;
+static void usr1_nested_call(int sig)
+{
+    (void)sig;
+    handler_pid = int81(SYS_getpid, 0, 0, 0);
+}
+
+/* In the registered process: calls, a bad pointer, fork, a signal mid-call. */
+static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
+                           volatile int *flag)
+{
+    static const char hello[] = "circ-tsys: hello from a trusted process\n";
+    long r, pid_int81, pid_sys;
+    uint64_t t0, t_int81, t_sys;
+    pid_t child;
+    int status, i;
+
+    r = int81_register(token);
+    check("trusted-register", r == 0, "registration returned %ld", r);
+    if (r != 0)
+        return 1;
+
+    r = int81(SYS_write, 1, (long)hello, sizeof(hello) - 1);
+    check("trusted-write", r == (long)sizeof(hello) - 1,
+          "write(1, ...) through int 0x81 returned %ld", r);
+
+    pid_int81 = int81(SYS_getpid, 0, 0, 0);
+    pid_sys = syscall(SYS_getpid);
+    check("trusted-getpid", pid_int81 == pid_sys && pid_sys > 0,
+          "getpid through int 0x81 %ld, through syscall %ld", pid_int81, pid_sys);
+
+    r = int81(SYS_write, 1, 1, 16);
+    check("trusted-bad-pointer", r == -EFAULT,
+          "write from address 1 returned %ld (want -EFAULT), process alive", r);
+
+    child = fork();
+    if (child == 0) {
+        int81(SYS_getpid, 0, 0, 0);
+        _exit(0);
+    }
+    status = wait_status(child);
+    check("trusted-fork-child-untrusted", killed_by_sigsegv(status),
+          "a trusted process's fork child (new address space) calling int 0x81: %s",
+          describe(status));
+
+    /* 1. Guest root looks with ptrace while we block in a read. */
+    {
+        uint64_t res = block_int81(ready_fd, data_fd, PATTERN);
+        int after = (int)(res >> 32), ret = (int)(int32_t)res;
+
+        check("trusted-regs-restored", ret == 1 && after == 0,
+              "after a read that guest root interrupted with ptrace (%d), the trusted "
+              "process's changed registers: mask %#x", ret, after);
+    }
+
+    /* 2. A signal during a call; the handler makes a call of its own. */
+    {
+        struct sigaction sa = { 0 };
+        uint64_t res;
+        int after, ret;
+
+        sa.sa_handler = usr1_nested_call;
+        sigaction(SIGUSR1, &sa, 0); /* no SA_RESTART: the read ends with EINTR */
+        res = block_int81(ready_fd, data_fd, PATTERN);
+        after = (int)(res >> 32);
+        ret = (int)(int32_t)res;
+        check("trusted-signal-mid-call",
+              ret == -EINTR && after == 0 && handler_pid == pid_sys,
+              "read interrupted by a handler that called getpid through int 0x81: "
+              "read %d, handler's getpid %ld, changed registers mask %#x",
+              ret, (long)handler_pid, after);
+    }
+
+    /* 3. Blocked while dom0 lists the trusted processes. */
+    {
+        uint64_t res = block_int81(ready_fd, data_fd, PATTERN);
+        int after = (int)(res >> 32), ret = (int)(int32_t)res;
+
+        check("trusted-call-while-dom0-looked", ret == 1 && after == 0,
+              "read %d, changed registers mask %#x", ret, after);
+    }
+
+    /* 4. Guest root looks with ptrace while we compute (no call). */
+    {
+        uint64_t res = spin_int81(ready_fd, flag, PATTERN);
+
+        check("trusted-regs-restored-after-interrupt", (res >> 32) == 0,
+              "after ptrace stopped it in user mode, the trusted process's changed "
+              "registers: mask %#x", (unsigned)(res >> 32));
+    }
+
+    /* 5. Two threads (two vCPUs in the lab) calling and blocking at once. */
+    {
+        struct thread_probe th[2] = { { .pid = pid_sys }, { .pid = pid_sys } };
+        pthread_t tid[2];
+        int ok = 1, n;
+        char c;
+
+        for (n = 0; n < 2; n++) {
+            th[n].pattern = PATTERN + ((uint64_t)(n + 1) << 8);
+            if (pipe(th[n].ready) || pipe(th[n].data) ||
+                pthread_create(&tid[n], 0, thread_main, &th[n]))
+                ok = 0;
+        }
+        for (n = 0; ok && n < 2; n++)
+            ok = read(th[n].ready[0], &c, 1) == 1;
+        usleep(200000);
+        for (n = 0; n < 2; n++) {
+            (void)!write(th[n].data[1], "x", 1);
+            pthread_join(tid[n], 0);
+        }
+        check("trusted-threads", ok && !th[0].bad_calls && !th[1].bad_calls &&
+                                     th[0].res == 1 && th[1].res == 1,
+              "two threads, 500 getpid each through int 0x81 (bad %ld, %ld), then both "
+              "blocked in a read at once: results %#llx %#llx (want 1: read 1 byte, "
+              "registers intact)", th[0].bad_calls, th[1].bad_calls,
+              (unsigned long long)th[0].res, (unsigned long long)th[1].res);
+    }
+
+    t0 = now_ns();
+    for (i = 0; i < 2000; i++)
+        int81(SYS_getpid, 0, 0, 0);
+    t_int81 = now_ns() - t0;
+    t0 = now_ns();
+    for (i = 0; i < 2000; i++)
+        syscall(SYS_getpid);
+    t_sys = now_ns() - t0;
+    say("circ-tsys: info getpid-ns trusted=%llu plain=%llu",
+        (unsigned long long)(t_int81 / 2000), (unsigned long long)(t_sys / 2000));
+    return failed ? 1 : 0;
+}
+
+static void trusted_checks(const uint64_t *token)
+{
+    int ready[2], data[2], status, seen, i;
+    char go[16];
+    pid_t pid;
+
+    volatile int *flag = mmap(0, 4096, PROT_READ | PROT_WRITE,
+                              MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    if (flag == MAP_FAILED || pipe(ready) || pipe(data))
+        return;
+    *flag = 0;
+    pid = fork();
+    if (pid == 0) {
+        checks = failed = 0;
+        _exit(trusted_process(token, ready[1], data[0], flag));
+    }
+
+    /* 1. ptrace while it blocks. */
+    if (wait_blocked(ready[0], pid) == 0) {
+        seen = ptrace_probe("trusted", pid);
+        check("trusted-regs-hidden", seen == 0,
+              "pattern registers guest root saw in PTRACE_GETREGS while the trusted "
+              "process blocked in read: %d of %d", seen, NR_PATTERN_REGS);
+        usleep(100000);
+        (void)!write(data[1], "x", 1);
+    }
+    /* 2. A signal while it blocks. */
+    if (wait_blocked(ready[0], pid) == 0)
+        kill(pid, SIGUSR1);
+    /* 3. dom0 looks (`circ tsys list`) while it blocks. */
+    if (wait_blocked(ready[0], pid) == 0) {
+        xs_write("data/tsys/state", "trusted-blocked");
+        say("circ-tsys: trusted process blocked, waiting for dom0");
+        for (i = 0; i < 600; i++) {
+            if (xs_request(XS_READ, "data/tsys/go", go, sizeof(go)) > 0)
+                break;
+            usleep(200000);
+        }
+        (void)!write(data[1], "x", 1);
+    }
+    /* 4. ptrace while it computes in user mode. */
+    {
+        char c;
+        if (read(ready[0], &c, 1) == 1) {
+            usleep(300000);
+            seen = ptrace_probe("trusted-running", pid);
+            check("trusted-regs-hidden-running", seen == 0,
+                  "pattern registers guest root saw in PTRACE_GETREGS after stopping the "
+                  "trusted process in user mode: %d of %d", seen, NR_PATTERN_REGS);
+        }
+        *flag = 1;
+    }
+    status = wait_status(pid);
+    check("trusted-process", WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the registered process's own checks: %s", describe(status));
+    close(ready[0]);
+    close(ready[1]);
+    close(data[0]);
+    close(data[1]);
+}
+
+/* The untrusted twin: the same code with `syscall`; guest root sees it all. */
+static void twin_checks(void)
+{
+    int ready[2], data[2], result[2], seen;
+    pid_t pid;
+
+    if (pipe(ready) || pipe(data) || pipe(result))
+        return;
+    pid = fork();
+    if (pid == 0) {
+        uint64_t r = block_syscall(ready[1], data[0], PATTERN);
+        (void)!write(result[1], &r, sizeof(r));
+        _exit(0);
+    }
+    if (wait_blocked(ready[0], pid) == 0) {
+        uint64_t r = 0;
+        seen = ptrace_probe("twin", pid);
+        check("twin-regs-visible", seen == NR_PATTERN_REGS,
+              "pattern registers guest root saw for the untrusted twin: %d of %d",
+              seen, NR_PATTERN_REGS);
+        usleep(100000);
+        (void)!write(data[1], "x", 1);
+        if (read(result[0], &r, sizeof(r)) == sizeof(r))
+            check("twin-regs-intact", (int)(int32_t)r == 1 && (r >> 32) == 0,
+                  "twin after its read (%d): changed registers mask %#x",
+                  (int)(int32_t)r, (unsigned)(r >> 32));
+    }
+    wait_status(pid);
+
+    /* And while it computes in user mode. */
+    {
+        volatile int *flag = mmap(0, 4096, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        uint64_t r = ~0ULL;
+        char c;
+
+        if (flag == MAP_FAILED)
+            return;
+        *flag = 0;
+        pid = fork();
+        if (pid == 0) {
+            r = spin_syscall(ready[1], flag, PATTERN);
+            (void)!write(result[1], &r, sizeof(r));
+            _exit(0);
+        }
+        if (read(ready[0], &c, 1) == 1) {
+            usleep(300000);
+            seen = ptrace_probe("twin-running", pid);
+            check("twin-regs-visible-running", seen == NR_PATTERN_REGS,
+                  "pattern registers guest root saw for the untrusted twin stopped in "
+                  "user mode: %d of %d", seen, NR_PATTERN_REGS);
+        }
+        *flag = 1;
+        if (read(result[0], &r, sizeof(r)) == sizeof(r))
+            check("twin-regs-intact-running", (r >> 32) == 0,
+                  "twin after the stop: changed registers mask %#x", (unsigned)(r >> 32));
+        wait_status(pid);
+    }
+    close(ready[0]);
+    close(ready[1]);
+    close(data[0]);
+    close(data[1]);
+    close(result[0]);
+    close(result[1]);
+}
+
+int main(int argc, char **argv)
+{
+    char value[128];
+    uint64_t token[4];
+    int i, have_token = 0;
+
+    if (argc == 2 && strcmp(argv[1], "selftest") == 0) {
+        /* What runs without Xen (any x86-64 Linux): int 0x81 is a #GP there too. */
+        untrusted_checks(NULL);
+        flood_check(2000);
+        twin_checks();
+        say("circ-tsys: done checks=%d failed=%d", checks, failed);
+        return failed ? 1 : 0;
+    }
+    if (argc != 2 || strcmp(argv[1], "guest") != 0) {
+        fprintf(stderr, "usage: %s guest|selftest\n", argv[0]);
+        return 2;
+    }
+    say("circ-tsys: waiting for data/tsys/token");
+    for (i = 0; i < 3000; i++) {
+        if (xs_request(XS_READ, "data/tsys/token", value, sizeof(value)) > 0)
+            break;
+        usleep(200000);
+    }
+    if (i == 3000) {
+        say("circ-tsys: no token in 600 s");
+        return 1;
+    }
+    xs_request(XS_RM, "data/tsys/token", value + 100, sizeof(value) - 100);
+    if (strncmp(value, "none", 4) != 0) {
+        if (parse_token(value, token) != 0) {
+            check("token-parses", 0, "data/tsys/token is not 64 hex digits");
+            say("circ-tsys: done checks=%d failed=%d", checks, failed);
+            return 1;
+        }
+        have_token = 1;
+    }
+    say("circ-tsys: start mode=%s", have_token ? "patched" : "stock");
+
+    untrusted_checks(have_token ? token : NULL);
+    flood_check(20000);
+    twin_checks();
+    if (have_token)
+        trusted_checks(token);
+    say("circ-tsys: done checks=%d failed=%d", checks, failed);
+    return failed ? 1 : 0;
+}

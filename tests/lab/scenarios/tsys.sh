@@ -1,0 +1,105 @@
+#!/bin/bash
+# Scenario `tsys`: trusted system calls (int $0x81, xen-patches/0002) in a
+# 64-bit PV guest. Runs in the lab's dom0 (see tests/lab/dom0/init).
+#
+# The guest runs circ-tsys-probe (started by its init for `circ.tsys` on its
+# command line), which waits for a token in its xenstore `data/tsys/token`:
+# - patched Xen: `circ tsys authorise` arms Xen and writes the token. The
+#   probe's trusted process registers with it and makes calls through
+#   int 0x81; guest root ptraces it while it blocks in a read and must not
+#   see the secret pattern in its callee-saved registers, while it does see
+#   it for an untrusted twin doing the same with `syscall`. dom0 lists the
+#   trusted process while it blocks, and sees the registration end with it.
+# - stock Xen: `circ tsys authorise` must fail cleanly; the scenario writes
+#   "none" and the probe checks only that an untrusted int 0x81 still gets
+#   SIGSEGV (and the twin).
+# Every `circ-tsys: check` line of the guest's console becomes a check here.
+set -u
+# shellcheck source=tests/lab/dom0/lib.sh
+. /lab/lib.sh
+
+GUEST=tsys-pv
+export GUEST_CMDLINE=circ.tsys
+# Two vCPUs: the trusted process's threads call and block on both at once.
+export GUEST_VCPUS=2
+
+check "PV guest boots to its init" start_guest "$GUEST" pv
+dom=$(xl domid "$GUEST")
+con=$(guest_console "$GUEST")
+node() { echo "/local/domain/$dom/data/tsys/$1"; }
+probe_said() { grep -aq "circ-tsys: $1" "$con"; }
+guest_node_is() { [ "$(xenstore-read "$(node "$1")" 2>/dev/null)" = "$2" ]; }
+list_json() { circ tsys list "$dom" --json >"$LAB_OUT/$1.json"; }
+check "the guest's probe waits for its token" wait_for 60 probe_said "waiting for data/tsys/token"
+
+t0=$(now_ms)
+if [ "$LAB_XEN" = stock ]; then
+    check "circ tsys authorise refuses cleanly on stock Xen" sh -c \
+        "! circ tsys authorise $dom 2>'$LAB_OUT/authorise-stock.err' &&
+         grep -q 'no trusted system calls' '$LAB_OUT/authorise-stock.err'"
+    check "circ tsys list refuses cleanly on stock Xen" sh -c "! circ tsys list $dom"
+    xenstore-write "$(node token)" none
+    expected_guest_checks=7
+else
+    check "circ tsys list before authorising" list_json before
+    check_json "domain not authorised before" "$LAB_OUT/before.json" \
+        '.[0].authorised == false and .[0].token_armed == false and (.[0].processes | length) == 0'
+    check "circ tsys authorise" circ tsys authorise "$dom"
+    check "circ tsys list after authorising" list_json armed
+    check_json "authorised, one registration armed" "$LAB_OUT/armed.json" \
+        ".[0].domid == $dom and .[0].authorised and .[0].token_armed"
+
+    # The trusted process blocks in a read until dom0 has looked.
+    check "the trusted process blocks for dom0 to look" \
+        wait_for 300 guest_node_is state trusted-blocked
+    check "circ tsys list while it blocks" list_json during
+    check_json "Xen holds one trusted process, its call in flight" "$LAB_OUT/during.json" \
+        '.[0].processes | length == 1 and .[0].pending == 1'
+    check_json "its counters: calls forwarded, restored, one deferred (signal)" \
+        "$LAB_OUT/during.json" \
+        '.[0].processes[0] | .calls >= 7 and .restores >= 6 and .deferred >= 1'
+    check_json "the token was used up" "$LAB_OUT/during.json" '.[0].token_armed == false'
+    check_json "other entries into the kernel (interrupts, events) concealed too" \
+        "$LAB_OUT/during.json" '.[0].processes[0].bounces >= 1'
+    circ tsys list >"$LAB_OUT/during.txt" 2>&1
+    xenstore-write "$(node go)" 1
+    expected_guest_checks=20
+fi
+
+check "the guest's probe finishes" wait_for 300 probe_said "done"
+timing "guest probe: token to done" $(($(now_ms) - t0))
+
+# Every check the guest reported, as a check here; lines are
+# "circ-tsys: check NAME ok|FAIL DETAIL".
+tr -d '\r' <"$con" | grep -a '^circ-tsys: check ' >"$LAB_OUT/guest-checks.txt"
+while read -r _ _ name verdict detail; do
+    check "guest: $name" sh -c "echo \"\$1\"; [ \"\$2\" = ok ]" _ "$detail" "$verdict"
+done <"$LAB_OUT/guest-checks.txt"
+check_eq "the guest reported every check" "$expected_guest_checks" \
+    "$(wc -l <"$LAB_OUT/guest-checks.txt")"
+for name in getpid-ns flood-ns-per-call; do
+    line=$(tr -d '\r' <"$con" | grep -a "^circ-tsys: info $name " | tail -1)
+    [ -n "$line" ] && info "guest $name" "$(jq -cn --arg v "${line#*"$name" }" '$v')"
+done
+
+if [ "$LAB_XEN" != stock ]; then
+    check "circ tsys list after the trusted process exited" list_json after
+    check_json "its registration ended with its address space" "$LAB_OUT/after.json" \
+        '.[0].processes | length == 0'
+    check_json "Xen counted the untrusted int 0x81 it left to the guest kernel" \
+        "$LAB_OUT/after.json" '.[0].refused >= 20000'
+    xl dmesg >"$LAB_OUT/xen-dmesg-tsys.log" 2>&1
+    check "Xen logged the registration" grep -q "tsys: registered" "$LAB_OUT/xen-dmesg-tsys.log"
+    check "Xen logged the end of the registration" \
+        grep -q "tsys: l4 .* gone, registration ends" "$LAB_OUT/xen-dmesg-tsys.log"
+    check "Xen's tsys log stayed short despite the flood (rate-limited)" \
+        test "$(grep -c 'tsys:' "$LAB_OUT/xen-dmesg-tsys.log")" -lt 50
+    check "circ tsys revoke" circ tsys revoke "$dom"
+    check "circ tsys list after revoking" list_json revoked
+    check_json "domain no longer authorised" "$LAB_OUT/revoked.json" \
+        '.[0].authorised == false and .[0].token_armed == false'
+fi
+
+check "Xen is still up (xl info)" sh -c 'xl info >/dev/null'
+check "the guest is still alive" guest_alive "$GUEST"
+check "xl destroy the guest" xl destroy "$GUEST"
