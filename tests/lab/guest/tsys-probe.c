@@ -114,29 +114,44 @@ static long int81_register(const uint64_t token[4])
 #define REG_CHECK(reg, k)                                                      \
     "  mov %rcx, %rdx\n  xor $" #k ", %rdx\n  cmp %rdx, %" #reg "\n"          \
     "  je 1f\n  or $(1 << (" #k " - 1)), %r9\n1:\n"
+/*
+ * The pieces BLOCK_FN and SPIN_FN share: FN_START saves the callee-saved
+ * registers, loads the pattern (pattern ^ k into the k-th of rbx, rbp,
+ * r12-r15), clears the unused argument registers and makes the ready
+ * write(ready_fd, "*", 1) with `insn`; FN_CHECK leaves in r9 bits 32-37 the
+ * registers that lost their value; FN_END restores and returns.
+ */
+#define FN_START(name, insn)                                                   \
+    ".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n"       \
+    "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"                   \
+    "  push %r14\n  push %r15\n  sub $24, %rsp\n"                            \
+    "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                             \
+    "  mov %rdx, %rbx\n  xor $1, %rbx\n"                                      \
+    "  mov %rdx, %rbp\n  xor $2, %rbp\n"                                      \
+    "  mov %rdx, %r12\n  xor $3, %r12\n"                                      \
+    "  mov %rdx, %r13\n  xor $4, %r13\n"                                      \
+    "  mov %rdx, %r14\n  xor $5, %r14\n"                                      \
+    "  mov %rdx, %r15\n  xor $6, %r15\n"                                      \
+    "  xor %r8d, %r8d\n  xor %r9d, %r9d\n  xor %r10d, %r10d\n"                \
+    "  movb $0x2a, (%rsp)\n"                                                  \
+    "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n"
+#define FN_CHECK                                                               \
+    "  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"                                   \
+    REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)                     \
+    REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)                     \
+    "  shl $32, %r9\n"
+#define FN_END(name)                                                           \
+    "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"                   \
+    "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                             \
+    ".size " #name ", .-" #name "\n"
 #define BLOCK_FN(name, insn)                                                   \
-    __asm__(".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n" \
-            "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"             \
-            "  push %r14\n  push %r15\n  sub $24, %rsp\n"                      \
-            "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                      \
-            "  mov %rdx, %rbx\n  xor $1, %rbx\n"                               \
-            "  mov %rdx, %rbp\n  xor $2, %rbp\n"                               \
-            "  mov %rdx, %r12\n  xor $3, %r12\n"                               \
-            "  mov %rdx, %r13\n  xor $4, %r13\n"                               \
-            "  mov %rdx, %r14\n  xor $5, %r14\n"                               \
-            "  mov %rdx, %r15\n  xor $6, %r15\n"                               \
-            "  xor %r8d, %r8d\n  xor %r9d, %r9d\n  xor %r10d, %r10d\n"          \
-            "  movb $0x2a, (%rsp)\n"                                           \
-            "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n" \
+    __asm__(FN_START(name, insn)                                               \
             "  xor %eax, %eax\n  mov 16(%rsp), %rdi\n  lea (%rsp), %rsi\n"     \
             "  mov $1, %edx\n  " insn "\n"                                     \
-            "  mov %eax, %r8d\n  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"          \
-            REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)              \
-            REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)              \
-            "  shl $32, %r9\n  mov %r8, %rax\n  or %r9, %rax\n"                \
-            "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"            \
-            "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                      \
-            ".size " #name ", .-" #name "\n")
+            "  mov %eax, %r8d\n"                                               \
+            FN_CHECK                                                           \
+            "  mov %r8, %rax\n  or %r9, %rax\n"                                \
+            FN_END(name))
 /*
  * uint64_t spin_int81(int ready_fd, volatile int *flag, uint64_t pattern)
  * uint64_t spin_syscall(...): the same with `syscall` for the ready byte.
@@ -147,28 +162,12 @@ static long int81_register(const uint64_t token[4])
  * mask of changed registers in bits 32-37.
  */
 #define SPIN_FN(name, insn)                                                    \
-    __asm__(".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n" \
-            "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"             \
-            "  push %r14\n  push %r15\n  sub $24, %rsp\n"                      \
-            "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                      \
-            "  mov %rdx, %rbx\n  xor $1, %rbx\n"                               \
-            "  mov %rdx, %rbp\n  xor $2, %rbp\n"                               \
-            "  mov %rdx, %r12\n  xor $3, %r12\n"                               \
-            "  mov %rdx, %r13\n  xor $4, %r13\n"                               \
-            "  mov %rdx, %r14\n  xor $5, %r14\n"                               \
-            "  mov %rdx, %r15\n  xor $6, %r15\n"                               \
-            "  xor %r8d, %r8d\n  xor %r9d, %r9d\n  xor %r10d, %r10d\n"          \
-            "  movb $0x2a, (%rsp)\n"                                           \
-            "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n" \
+    __asm__(FN_START(name, insn)                                               \
             "  mov 16(%rsp), %rdi\n"                                           \
-            "2:\n  pause\n  cmpl $0, (%rdi)\n  je 2b\n"                          \
-            "  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"                            \
-            REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)              \
-            REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)              \
-            "  shl $32, %r9\n  mov %r9, %rax\n"                                \
-            "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"            \
-            "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                      \
-            ".size " #name ", .-" #name "\n")
+            "2:\n  pause\n  cmpl $0, (%rdi)\n  je 2b\n"                        \
+            FN_CHECK                                                           \
+            "  mov %r9, %rax\n"                                                \
+            FN_END(name))
 SPIN_FN(spin_int81, "int $0x81");
 SPIN_FN(spin_syscall, "syscall");
 uint64_t spin_int81(int ready_fd, volatile int *flag, uint64_t pattern);
