@@ -45,6 +45,8 @@ pub(crate) struct Segment {
     pub filesz: u64,
     pub memsz: u64,
     pub executable: bool,
+    /// `p_flags`: `PF_X` 1, `PF_W` 2, `PF_R` 4.
+    pub flags: u32,
 }
 
 impl Segment {
@@ -86,6 +88,10 @@ pub(crate) struct FuncSymbol {
 #[derive(Debug)]
 pub(crate) struct Elf {
     pub entry: u64,
+    /// Where the program headers are in the file, and how many (for a
+    /// loader's `AT_PHDR` and `AT_PHNUM`).
+    pub phoff: u64,
+    pub phnum: u16,
     pub segments: Vec<Segment>,
     pub sections: Vec<Section>,
     /// `None` when the file has no `.symtab` (stripped).
@@ -198,9 +204,11 @@ impl Elf {
                 PT_LOAD => {}
                 _ => continue,
             }
+            let flags = u32_at(ph, 4).unwrap_or_default();
             let seg = Segment {
                 index,
-                executable: u32_at(ph, 4).unwrap_or_default() & PF_X != 0,
+                executable: flags & PF_X != 0,
+                flags,
                 offset: u64_at(ph, 8).unwrap_or_default(),
                 vaddr: u64_at(ph, 16).unwrap_or_default(),
                 filesz: u64_at(ph, 32).unwrap_or_default(),
@@ -263,6 +271,8 @@ impl Elf {
         let functions = parse_symbols(file, &sections)?;
         Ok(Elf {
             entry,
+            phoff,
+            phnum,
             segments,
             sections,
             functions,

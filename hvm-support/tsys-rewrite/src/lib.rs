@@ -258,6 +258,57 @@ impl RewriteError {
     }
 }
 
+/// What a loader needs to map a program the rewriter accepts: the
+/// `launcher` of docs/tsys.md loads a rewritten program into its own address
+/// space with this, so it runs exactly the files this crate can check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadImage {
+    pub entry: u64,
+    /// File offset and count of the program headers (`AT_PHDR`, `AT_PHNUM`).
+    pub phoff: u64,
+    pub phnum: u16,
+    /// The `PT_LOAD` segments, in program-header order, none overlapping.
+    pub segments: Vec<LoadSegment>,
+}
+
+/// One `PT_LOAD` segment: `filesz` bytes from `offset` at `vaddr`, then
+/// zeros up to `memsz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSegment {
+    pub vaddr: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub memsz: u64,
+    pub read: bool,
+    pub write: bool,
+    pub execute: bool,
+}
+
+/// The load plan of a static x86-64 `ET_EXEC`, with the same checks as
+/// [`rewrite`] (every segment inside the file, none overlapping, no
+/// dynamic loader).
+pub fn load_image(elf: &[u8]) -> Result<LoadImage, RewriteError> {
+    let parsed = elf::Elf::parse(elf)?;
+    Ok(LoadImage {
+        entry: parsed.entry,
+        phoff: parsed.phoff,
+        phnum: parsed.phnum,
+        segments: parsed
+            .segments
+            .iter()
+            .map(|s| LoadSegment {
+                vaddr: s.vaddr,
+                offset: s.offset,
+                filesz: s.filesz,
+                memsz: s.memsz,
+                read: s.flags & 4 != 0,
+                write: s.flags & 2 != 0,
+                execute: s.flags & 1 != 0,
+            })
+            .collect(),
+    })
+}
+
 /// Decodes `elf` and reports its sites without changing anything. In strict
 /// mode a report with unsafe sites is still returned: only [`rewrite`]
 /// refuses.

@@ -623,3 +623,25 @@ fn single_byte_corruptions_never_panic() {
         }
     }
 }
+
+#[test]
+fn load_image_gives_the_loader_its_segments_and_program_headers() {
+    let file = with_code(&GETPID);
+    let image = load_image(&file).unwrap();
+    assert_eq!(image.entry, TEXT_VADDR);
+    assert_eq!((image.phoff, image.phnum), (64, 1));
+    assert_eq!(
+        image.segments,
+        vec![LoadSegment {
+            vaddr: TEXT_VADDR,
+            offset: TEXT_OFFSET as u64,
+            filesz: GETPID.len() as u64,
+            memsz: GETPID.len() as u64,
+            read: true,
+            write: false,
+            execute: true,
+        }]
+    );
+    // What the rewriter refuses, the loader refuses too.
+    assert!(load_image(b"#!/bin/sh\n").is_err());
+}

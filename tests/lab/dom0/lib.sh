@@ -127,7 +127,8 @@ guest_svm_lines() {
 
 # guest_config NAME TYPE [MEMORY_MIB]: an xl config for a busybox test guest.
 # GUEST_CMDLINE adds to the guest kernel's command line (e.g. circ.tsys);
-# GUEST_VCPUS sets the number of vCPUs (default 1).
+# GUEST_VCPUS sets the number of vCPUs (default 1); GUEST_MEMORY the memory
+# in MiB when MEMORY_MIB is not given (default 128).
 guest_config() {
     local cfg="$LAB_OUT/$1.cfg"
     cat >"$cfg" <<CFG
@@ -136,7 +137,7 @@ type = "$2"
 kernel = "/lab/guest/vmlinuz"
 ramdisk = "/lab/guest/initrd.gz"
 extra = "console=hvc0 quiet${GUEST_CMDLINE:+ $GUEST_CMDLINE}"
-memory = ${3:-128}
+memory = ${3:-${GUEST_MEMORY:-128}}
 vcpus = ${GUEST_VCPUS:-1}
 $(guest_svm_lines "$2")
 on_crash = "preserve"

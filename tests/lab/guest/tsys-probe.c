@@ -3,7 +3,8 @@
  * system calls through int $0x81, xen-patches/0002). Static, for the
  * busybox test guests; built by scripts/build.
  *
- *   circ-tsys-probe guest
+ *   circ-tsys-probe guest      (with `circ.tsys=bench` on the kernel command
+ *                              line: the benchmark of scripts/bench tsys)
  *   circ-tsys-probe selftest   (no Xen needed: the untrusted half)
  *
  * Started by the guest's init when the kernel command line has `circ.tsys`.
@@ -724,6 +725,244 @@ static void twin_checks(void)
     close(result[1]);
 }
 
+/* --- rewritten busybox applets through the launcher ------------------------ */
+
+#define LAUNCHER "/bin/circ-tsys-launch"
+/* The guest's /bin/busybox rewritten by circ-tsys-rewrite (the lab does it). */
+#define BUSYBOX_TSYS "/bin/busybox-tsys"
+#define NR_APPLETS 3
+
+/* Runs a shell command (busybox sh); returns its exit code, or -1. */
+static int run_sh(const char *fmt, ...)
+{
+    char cmd[512];
+    va_list ap;
+    int n, status;
+
+    va_start(ap, fmt);
+    n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= (int)sizeof(cmd))
+        return -1;
+    status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * Both hypervisors: the rewritten busybox started by the kernel (so not
+ * registered) dies on its first int $0x81, and the launcher given a token
+ * Xen did not arm says so and exits 125 without running the program.
+ * Patched Xen: for each applet the probe asks dom0 for a token (state
+ * want-token-N; dom0 runs `circ tsys authorise`), then runs it plainly and
+ * rewritten through the launcher; the outputs must be byte for byte the same.
+ */
+static void applet_checks(int patched)
+{
+    static const struct {
+        const char *name, *args, *result;
+    } applets[NR_APPLETS] = {
+        { "sha256sum", "sha256sum /bin/busybox /bin/circ-tsys-launch /bin/circ-tsys-probe",
+          NULL },
+        { "cp", "cp /bin/busybox /tmp/copy", "/tmp/copy" },
+        { "ls", "ls -lan /bin /modules", NULL },
+    };
+    pid_t pid;
+    int status, code, i;
+
+    pid = fork();
+    if (pid == 0) {
+        execl(BUSYBOX_TSYS, "busybox", "true", (char *)NULL);
+        _exit(127);
+    }
+    status = wait_status(pid);
+    check("rewritten-busybox-unregistered-sigsegv", killed_by_sigsegv(status),
+          "busybox-tsys exec'd by the kernel: %s", describe(status));
+
+    code = run_sh("echo %064d >/tmp/zero-token && " LAUNCHER
+                  " --token-file /tmp/zero-token " BUSYBOX_TSYS
+                  " echo ran >/tmp/refused.out 2>/tmp/refused.err",
+                  0);
+    check("launcher-refused-cleanly",
+          code == 125 && run_sh("grep -q 'refused the registration' /tmp/refused.err") == 0 &&
+              run_sh("! grep -q ran /tmp/refused.out") == 0,
+          "a token Xen did not arm: exit %d", code);
+    if (!patched)
+        return;
+
+    for (i = 0; i < NR_APPLETS; i++) {
+        char state[32], name[64];
+        int plain, trusted, same;
+
+        snprintf(state, sizeof(state), "want-token-%d", i + 1);
+        xs_write("data/tsys/state", state);
+        plain = run_sh("cd /tmp && busybox %s >/tmp/plain.out 2>&1", applets[i].args);
+        if (applets[i].result)
+            run_sh("mv %s %s.plain", applets[i].result, applets[i].result);
+        trusted = run_sh("cd /tmp && " LAUNCHER " --wait 300 " BUSYBOX_TSYS
+                         " %s >/tmp/tsys.out 2>&1",
+                         applets[i].args);
+        same = run_sh("cmp -s /tmp/plain.out /tmp/tsys.out") == 0;
+        if (applets[i].result)
+            same = same && run_sh("cmp -s %s %s.plain && cmp -s %s /bin/busybox",
+                                  applets[i].result, applets[i].result,
+                                  applets[i].result) == 0;
+        snprintf(name, sizeof(name), "applet-%s-identical", applets[i].name);
+        check(name, plain == 0 && trusted == 0 && same,
+              "busybox %s: plain exit %d, trusted exit %d, outputs %s", applets[i].name,
+              plain, trusted, same ? "identical" : "DIFFER");
+        if (!same)
+            run_sh("diff /tmp/plain.out /tmp/tsys.out | head -5 | sed 's/^/circ-tsys: diff /'");
+        run_sh("rm -f /tmp/plain.out /tmp/tsys.out /tmp/copy /tmp/copy.plain");
+    }
+}
+
+/* --- scripts/bench tsys ------------------------------------------------------ */
+
+#define BENCH_ROUNDS 7
+#define BENCH_GETPID 20000
+#define BENCH_RW 5000
+#define BENCH_KINDS 3 /* int $0x81 trusted, syscall trusted, syscall plain */
+
+static long plain3(long nr, long a1, long a2, long a3)
+{
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a1), "S"(a2), "d"(a3)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+/* One round: ns per getpid, and per 4 KiB write + 4 KiB read on a pipe. */
+static void bench_round(int use_int81, int pipe_fd[2], uint64_t out[2])
+{
+    static char buf[4096];
+    long (*call)(long, long, long, long) = use_int81 ? int81 : plain3;
+    uint64_t t0;
+    int i;
+
+    t0 = now_ns();
+    for (i = 0; i < BENCH_GETPID; i++)
+        call(SYS_getpid, 0, 0, 0);
+    out[0] = (now_ns() - t0) / BENCH_GETPID;
+    t0 = now_ns();
+    for (i = 0; i < BENCH_RW; i++) {
+        if (call(SYS_write, pipe_fd[1], (long)buf, sizeof(buf)) != sizeof(buf) ||
+            call(SYS_read, pipe_fd[0], (long)buf, sizeof(buf)) != sizeof(buf)) {
+            out[1] = 0;
+            return;
+        }
+    }
+    out[1] = (now_ns() - t0) / BENCH_RW;
+}
+
+/*
+ * A worker process: registered with `token` (or not, for NULL), then for
+ * each byte on `cmd` (0: int $0x81, 1: syscall) runs a round and writes its
+ * two figures to `res`.
+ */
+static int bench_worker(const uint64_t *token, int cmd, int res)
+{
+    int p[2];
+    char kind;
+
+    if (token && int81_register(token) != 0)
+        return 1;
+    if (pipe(p) != 0)
+        return 1;
+    while (read(cmd, &kind, 1) == 1) {
+        uint64_t out[2];
+        bench_round(kind == 0, p, out);
+        if (write(res, out, sizeof(out)) != sizeof(out))
+            return 1;
+    }
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * The same loops in a registered process through int $0x81 and through a
+ * plain `syscall` (concealed too, but not forwarded), and in an unregistered
+ * one through `syscall`, round after round in turn so that a busy host
+ * weighs on all alike; the medians per call and their ratios.
+ */
+static void bench(const uint64_t *token)
+{
+    static const char *const kinds[BENCH_KINDS] = { "trusted-int81", "trusted-syscall",
+                                                    "plain" };
+    uint64_t fig[BENCH_KINDS][2][BENCH_ROUNDS];
+    int cmd[2][2], res[2][2], w, r, k, f;
+    pid_t pid[2];
+
+    for (w = 0; w < 2; w++) {
+        if (pipe(cmd[w]) != 0 || pipe(res[w]) != 0)
+            return;
+        pid[w] = fork();
+        if (pid[w] == 0) {
+            close(cmd[w][1]);
+            close(res[w][0]);
+            _exit(bench_worker(w == 0 ? token : NULL, cmd[w][0], res[w][1]));
+        }
+        close(cmd[w][0]);
+        close(res[w][1]);
+    }
+    for (r = 0; r < BENCH_ROUNDS; r++) {
+        for (k = 0; k < BENCH_KINDS; k++) {
+            char kind = k == 0 ? 0 : 1;
+            uint64_t out[2] = { 0, 0 };
+            w = k < 2 ? 0 : 1;
+            if (write(cmd[w][1], &kind, 1) != 1 || read(res[w][0], out, sizeof(out)) != sizeof(out))
+                out[0] = out[1] = 0;
+            fig[k][0][r] = out[0];
+            fig[k][1][r] = out[1];
+        }
+    }
+    for (w = 0; w < 2; w++) {
+        close(cmd[w][1]);
+        close(res[w][0]);
+        wait_status(pid[w]);
+    }
+    for (k = 0; k < BENCH_KINDS; k++)
+        for (f = 0; f < 2; f++)
+            qsort(fig[k][f], BENCH_ROUNDS, sizeof(uint64_t), cmp_u64);
+    for (f = 0; f < 2; f++) {
+        uint64_t plain = fig[2][f][BENCH_ROUNDS / 2];
+        int ran = plain != 0;
+        for (k = 0; k < BENCH_KINDS; k++)
+            ran = ran && fig[k][f][0] != 0;
+        check(f == 0 ? "bench-getpid-ran" : "bench-rw-ran", ran,
+              "every round of every kind completed");
+        for (k = 0; k < BENCH_KINDS; k++) {
+            uint64_t med = fig[k][f][BENCH_ROUNDS / 2];
+            say("circ-tsys: bench %s %s median_ns=%llu min_ns=%llu max_ns=%llu "
+                "ratio_to_plain=%.2f",
+                f == 0 ? "getpid" : "rw4k", kinds[k], (unsigned long long)med,
+                (unsigned long long)fig[k][f][0],
+                (unsigned long long)fig[k][f][BENCH_ROUNDS - 1],
+                plain ? (double)med / (double)plain : 0.0);
+        }
+    }
+}
+
+/* `circ.tsys=bench` on the guest's command line: scripts/bench tsys. */
+static int bench_mode(void)
+{
+    char line[1024] = "";
+    FILE *f = fopen("/proc/cmdline", "r");
+
+    if (f) {
+        if (!fgets(line, sizeof(line), f))
+            line[0] = 0;
+        fclose(f);
+    }
+    return strstr(line, "circ.tsys=bench") != NULL;
+}
+
 int main(int argc, char **argv)
 {
     char value[128];
@@ -763,11 +1002,17 @@ int main(int argc, char **argv)
     }
     say("circ-tsys: start mode=%s", have_token ? "patched" : "stock");
 
+    if (have_token && bench_mode()) {
+        bench(token);
+        say("circ-tsys: done checks=%d failed=%d", checks, failed);
+        return failed ? 1 : 0;
+    }
     untrusted_checks(have_token ? token : NULL);
     flood_check(20000);
     twin_checks();
     if (have_token)
         trusted_checks(token);
+    applet_checks(have_token);
     say("circ-tsys: done checks=%d failed=%d", checks, failed);
     return failed ? 1 : 0;
 }

@@ -13,6 +13,11 @@
 # - stock Xen: `circ tsys authorise` must fail cleanly; the scenario writes
 #   "none" and the probe checks only that an untrusted int 0x81 still gets
 #   SIGSEGV (and the twin).
+# Then the probe runs the guest's busybox rewritten by the lab
+# (/bin/busybox-tsys): started by the kernel it must die on its first
+# int 0x81; on patched Xen, `sha256sum`, `cp` and `ls` run through
+# circ-tsys-launch (one `circ tsys authorise` each) must print exactly what
+# the plain busybox prints.
 # Every `circ-tsys: check` line of the guest's console becomes a check here.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
@@ -22,6 +27,9 @@ GUEST=tsys-pv
 export GUEST_CMDLINE=circ.tsys
 # Two vCPUs: the trusted process's threads call and block on both at once.
 export GUEST_VCPUS=2
+# The initrd is its root filesystem, in RAM: with the guest agent's 32 MiB,
+# two busyboxes, the launcher and the applets' files, 128 MiB ran out.
+export GUEST_MEMORY=256
 
 check "PV guest boots to its init" start_guest "$GUEST" pv
 dom=$(xl domid "$GUEST")
@@ -39,7 +47,7 @@ if [ "$LAB_XEN" = stock ]; then
          grep -q 'no trusted system calls' '$LAB_OUT/authorise-stock.err'"
     check "circ tsys list refuses cleanly on stock Xen" sh -c "! circ tsys list $dom"
     xenstore-write "$(node token)" none
-    expected_guest_checks=7
+    expected_guest_checks=9
 else
     check "circ tsys list before authorising" list_json before
     check_json "domain not authorised before" "$LAB_OUT/before.json" \
@@ -63,7 +71,14 @@ else
         "$LAB_OUT/during.json" '.[0].processes[0].bounces >= 1'
     circ tsys list >"$LAB_OUT/during.txt" 2>&1
     xenstore-write "$(node go)" 1
-    expected_guest_checks=20
+
+    # Rewritten busybox applets through circ-tsys-launch: one token each.
+    for i in 1 2 3; do
+        check "applet $i: the guest's launcher asks for a token" \
+            wait_for 300 guest_node_is state "want-token-$i"
+        check "applet $i: circ tsys authorise" circ tsys authorise "$dom"
+    done
+    expected_guest_checks=25
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"

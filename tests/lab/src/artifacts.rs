@@ -69,6 +69,9 @@ pub struct Artifacts {
     pub rootfs: PathBuf,
     /// A busybox initrd for small test guests.
     pub guest_initrd: PathBuf,
+    /// Its `/bin/busybox` (Debian's busybox-static), which runs rewritten
+    /// for the `tsys` scenario.
+    pub busybox: PathBuf,
 }
 
 /// Builds (or finds in the cache) every artifact a run with `flavor` needs.
@@ -155,6 +158,7 @@ pub fn build(config: &LabConfig, flavor: XenFlavor) -> Result<Artifacts> {
         dom0_initramfs,
         rootfs,
         guest_initrd,
+        busybox,
     })
 }
 

@@ -11,9 +11,10 @@ pub const DOM0_BINARIES: &[&str] = &["circ", "circ-memshare"];
 
 /// Go into the test guests' initrd (`/bin`) instead; the guest init starts
 /// `circ-guest-agent`, and `circ-tsys-probe` when the kernel command line
-/// asks (`circ.tsys`). The guests are busybox with no C library, so these
+/// asks (`circ.tsys`), which runs rewritten busybox applets through
+/// `circ-tsys-launch`. The guests are busybox with no C library, so these
 /// must be static executables.
-pub const GUEST_BINARIES: &[&str] = &["circ-guest-agent", "circ-tsys-probe"];
+pub const GUEST_BINARIES: &[&str] = &["circ-guest-agent", "circ-tsys-probe", "circ-tsys-launch"];
 
 /// How to build what the lab needs, for error messages.
 const HOW_TO_BUILD: &str = "build them with scripts/build";
@@ -42,7 +43,7 @@ pub fn binaries_under_test(dir: &Path) -> Result<Vec<PathBuf>> {
                         path,
                         why: format!(
                             "dynamically linked (interpreter {interp}), but the lab's guests \
-                             have no C library; {HOW_TO_BUILD} (static, non-PIE)"
+                             have no C library; {HOW_TO_BUILD} (static)"
                         ),
                     })
                 }

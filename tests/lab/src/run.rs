@@ -29,6 +29,8 @@ const EVENT_FILE: &str = "events.channel";
 
 /// Name, in the run directory, of the guest initrd the run shipped.
 const GUEST_INITRD_COPY: &str = "guest-initrd.gz";
+/// The guests' busybox rewritten for trusted system calls, in their `/bin`.
+const REWRITTEN_BUSYBOX: &str = "busybox-tsys";
 
 /// A scenario asks the host for values made fresh for each run (a
 /// verifier's nonces, say) with a line `# circ-lab fresh: NAME...`. Each
@@ -198,6 +200,9 @@ fn build_payload(
         };
         mkdir(&into)?;
         copy(binary, &into.join(name))?;
+    }
+    if guest_extra.is_dir() {
+        stage_rewritten_busybox(&artifacts.busybox, &guest_extra.join("bin"))?;
     }
     copy(&artifacts.vmlinuz, &stage.join("guest/vmlinuz"))?;
     let guest_initrd = stage.join("guest/initrd.gz");
@@ -646,6 +651,24 @@ fn run_host_checks(
         },
     ));
     Ok(())
+}
+
+/// The guests' busybox with its `syscall`s rewritten into `int $0x81` by
+/// the project's rewriter, as `/bin/busybox-tsys`, for the `tsys`
+/// scenario's applets run through `circ-tsys-launch`.
+fn stage_rewritten_busybox(busybox: &Path, bin: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bytes = std::fs::read(busybox).map_err(LabError::io(busybox))?;
+    let rewritten = circ_tsys_rewrite::rewrite(&bytes, &Default::default()).map_err(|e| {
+        LabError::BadBinary {
+            path: busybox.to_owned(),
+            why: format!("the tsys rewriter refuses it: {e}"),
+        }
+    })?;
+    let out = bin.join(REWRITTEN_BUSYBOX);
+    write(&out, &rewritten.bytes)?;
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755))
+        .map_err(LabError::io(&out))
 }
 
 #[cfg(test)]

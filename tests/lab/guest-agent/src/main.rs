@@ -19,25 +19,21 @@
 //! first=I` (console line `circ-guest-agent: ...` and the state node): a
 //! guest that ever saw another guest's bytes, or stale ones, says `bad`.
 //!
-//! xenstore is spoken over `/dev/xen/xenbus` with the plain wire protocol
-//! (a 16-byte header, then the payload): no library in a busybox guest.
+//! xenstore is spoken over `/dev/xen/xenbus` (`circ-guest-xenbus`): no
+//! library in a busybox guest.
 #![forbid(unsafe_code)]
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io;
 use std::time::Duration;
+
+use circ_guest_xenbus::Xenbus;
 
 const PAGE_SIZE: usize = 4096;
 /// 32 MiB: large against what sharing frees elsewhere, small for 128 MiB guests.
 const BUFFER_PAGES: usize = 8192;
 /// The same in every guest.
 const COMMON_SEED: u64 = 0x6369_7263_2d73_6861;
-
-const XS_READ: u32 = 2;
-const XS_WRITE: u32 = 11;
-const XS_ERROR: u32 = 16;
-/// Replies are small; a larger length means a confused stream.
-const MAX_REPLY: usize = 4096;
 
 const STATE: &str = "data/circ-agent/state";
 /// `gfns/0`, `gfns/1`, ...: the buffer's gfns in buffer order, hexadecimal,
@@ -82,76 +78,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-struct Xenbus {
-    dev: File,
-    req_id: u32,
-}
-
-impl Xenbus {
-    fn open() -> io::Result<Self> {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/xen/xenbus")?;
-        Ok(Self { dev, req_id: 0 })
-    }
-
-    fn request(&mut self, kind: u32, payload: &[u8]) -> io::Result<(u32, Vec<u8>)> {
-        self.req_id = self.req_id.wrapping_add(1);
-        let len = u32::try_from(payload.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too long"))?;
-        let mut msg = Vec::with_capacity(16 + payload.len());
-        for v in [kind, self.req_id, 0, len] {
-            msg.extend_from_slice(&v.to_le_bytes());
-        }
-        msg.extend_from_slice(payload);
-        self.dev.write_all(&msg)?;
-        let mut header = [0u8; 16];
-        self.dev.read_exact(&mut header)?;
-        let field =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let reply_len = field(12) as usize;
-        if reply_len > MAX_REPLY {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "oversized xenbus reply",
-            ));
-        }
-        let mut body = vec![0u8; reply_len];
-        self.dev.read_exact(&mut body)?;
-        Ok((field(0), body))
-    }
-
-    /// A node's value, `None` if it does not exist (or cannot be read).
-    fn read(&mut self, path: &str) -> io::Result<Option<String>> {
-        let mut payload = path.as_bytes().to_vec();
-        payload.push(0);
-        let (kind, body) = self.request(XS_READ, &payload)?;
-        if kind == XS_ERROR {
-            return Ok(None);
-        }
-        Ok(Some(
-            String::from_utf8_lossy(&body)
-                .trim_end_matches('\0')
-                .to_owned(),
-        ))
-    }
-
-    fn write(&mut self, path: &str, value: &str) -> io::Result<()> {
-        let mut payload = path.as_bytes().to_vec();
-        payload.push(0);
-        payload.extend_from_slice(value.as_bytes());
-        let (kind, body) = self.request(XS_WRITE, &payload)?;
-        if kind == XS_ERROR {
-            return Err(io::Error::other(format!(
-                "xenstore write of {path} failed: {}",
-                String::from_utf8_lossy(&body)
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// The guest frame numbers of the buffer's pages, in buffer order. In a

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Trusted system calls benchmark (issue 10), apart from the tests: the cost
+# of a call through int $0x81 (xen-patches/0002) against its named peer, a
+# plain `syscall` of an unregistered process, measured in the same run, in
+# the same guest, round after round in turn (the lab's `tsys-bench`
+# scenario on the patched hypervisor; tests/lab/guest/tsys-probe.c,
+# `bench`). Nothing is asserted. Run through `scripts/bench tsys`; method
+# and results: docs/tsys.md, "Benchmark".
+#
+# Loops, per call (medians of 7 rounds):
+#   getpid   20,000 calls
+#   rw4k     5,000 pairs of a 4 KiB write and a 4 KiB read on a pipe
+# Kinds:
+#   trusted-int81    a registered process, through int $0x81 (forwarded)
+#   trusted-syscall  the same process through `syscall` (concealed, not
+#                    forwarded: the cost of concealment alone)
+#   plain            an unregistered process through `syscall` (the peer)
+#
+# Settings (environment):
+#   CIRC_BENCH_LAB_RUN   an existing tsys-bench run directory to read
+#   CIRC                 circ binary (default: scripts/build, then
+#                        target/release/circ)
+# It boots the lab: serialize it with other heavy jobs on a shared machine
+# (`flock /tmp/circ-heavy.lock scripts/bench tsys`). Needs root.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+lab_run=${CIRC_BENCH_LAB_RUN:-}
+
+say() { printf '%s\n' "$*" >&2; }
+die() {
+    say "bench: $*"
+    exit 1
+}
+
+if [[ -z $lab_run ]]; then
+    circ=${CIRC:-}
+    if [[ -z $circ ]]; then
+        say "building (scripts/build)"
+        (cd "$repo" && timeout 1800 scripts/build) >&2
+        circ=$repo/target/release/circ
+    fi
+    [[ -x $circ ]] || die "no circ binary at $circ"
+    runs=${CIRC_LAB_RUNS:-$repo/lab-runs}
+    started=$(date +%s)
+    say "machine: $(nproc) cores, $(awk '/model name/ { sub(/.*: /, ""); print; exit }' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    say "Xen: circ-lab run tsys-bench --xen patched"
+    lab_rc=0
+    log=$(mktemp)
+    (cd "$repo" && timeout 1500 "$(dirname "$circ")/circ-lab" run tsys-bench --xen patched) >"$log" 2>&1 || lab_rc=$?
+    ((lab_rc == 0)) || say "the lab run failed (exit $lab_rc): $(tail -n 3 "$log")"
+    for dir in "$runs"/*-tsys-bench-patched; do
+        stamp=$(basename "$dir")
+        stamp=${stamp%%-*}
+        if [[ $stamp =~ ^[0-9]+$ ]] && ((stamp >= started)); then
+            lab_run=$dir
+        fi
+    done
+    rm -f "$log"
+    [[ -n $lab_run ]] || die "the lab run left no run directory under $runs"
+fi
+bench=$lab_run/out/bench.txt
+[[ -s $bench ]] || die "no bench results in $bench"
+
+# "circ-tsys: bench LOOP KIND median_ns=.. min_ns=.. max_ns=.. ratio_to_plain=.."
+field() { grep -a "^circ-tsys: bench $1 $2 " "$bench" | tail -1 | tr ' ' '\n' | sed -n "s/^$3=//p"; }
+echo "Trusted system calls, patched Xen 4.17 under nested QEMU TCG ($lab_run)"
+printf '%-8s %-16s %12s %12s %12s %10s\n' loop kind median_ns min_ns max_ns vs_plain
+for loop in getpid rw4k; do
+    for kind in plain trusted-syscall trusted-int81; do
+        printf '%-8s %-16s %12s %12s %12s %9sx\n' "$loop" "$kind" \
+            "$(field "$loop" "$kind" median_ns)" "$(field "$loop" "$kind" min_ns)" \
+            "$(field "$loop" "$kind" max_ns)" "$(field "$loop" "$kind" ratio_to_plain)"
+    done
+done
+echo "target (issue 10): trusted-int81 at most 2x plain per call"

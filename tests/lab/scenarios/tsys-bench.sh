@@ -1,0 +1,35 @@
+#!/bin/bash
+# Scenario `tsys-bench` (scripts/bench tsys, not a test): the cost of a
+# trusted system call on the patched hypervisor. The guest's circ-tsys-probe,
+# started with `circ.tsys=bench`, registers one process with the token dom0
+# arms and runs, round after round, the same loops in it through int 0x81
+# and through a plain `syscall`, and in an unregistered process through
+# `syscall`: getpid, and a 4 KiB write plus a 4 KiB read on a pipe. Its
+# `circ-tsys: bench` lines (medians per call and ratios) are copied to
+# $LAB_OUT/bench.txt for hvm-support/tsys-launch/bench/run.sh. The checks
+# only say that the benchmark ran; no time is asserted.
+set -u
+# shellcheck source=tests/lab/dom0/lib.sh
+. /lab/lib.sh
+
+GUEST=tsys-bench
+export GUEST_CMDLINE=circ.tsys=bench
+export GUEST_MEMORY=256
+
+check "PV guest boots to its init" start_guest "$GUEST" pv
+dom=$(xl domid "$GUEST")
+con=$(guest_console "$GUEST")
+probe_said() { grep -aq "circ-tsys: $1" "$con"; }
+check "the guest's probe waits for its token" wait_for 60 probe_said "waiting for data/tsys/token"
+check "circ tsys authorise" circ tsys authorise "$dom"
+t0=$(now_ms)
+check "the benchmark finishes" wait_for 900 probe_said "done"
+timing "tsys benchmark in the guest" $(($(now_ms) - t0))
+tr -d '\r' <"$con" | grep -a '^circ-tsys: ' >"$LAB_OUT/bench.txt"
+check "the guest reported both loops ran" sh -c \
+    "grep -q 'check bench-getpid-ran ok' '$LAB_OUT/bench.txt' &&
+     grep -q 'check bench-rw-ran ok' '$LAB_OUT/bench.txt'"
+check_eq "six bench lines (two loops, three kinds)" 6 \
+    "$(grep -c '^circ-tsys: bench ' "$LAB_OUT/bench.txt")"
+check "Xen is still up (xl info)" sh -c 'xl info >/dev/null'
+check "xl destroy the guest" xl destroy "$GUEST"
