@@ -137,8 +137,18 @@ fn list(hv: &XenHypervisor, only: Option<DomId>, json: bool) -> anyhow::Result<(
         for p in &s.processes {
             writeln!(
                 out,
-                "  l4 {}: calls {} bounces {} restores {} deferred {} pending {} dropped {}",
-                p.l4_mfn, p.calls, p.bounces, p.restores, p.deferred, p.pending, p.dropped
+                "  l4 {}: calls {} bounces {} restores {} deferred {} pending {} dropped {} \
+                 private pages {} (hidden {}, exposed {})",
+                p.l4_mfn,
+                p.calls,
+                p.bounces,
+                p.restores,
+                p.deferred,
+                p.pending,
+                p.dropped,
+                p.cloak_pages,
+                p.cloak_held,
+                p.cloak_exposed
             )?;
         }
     }

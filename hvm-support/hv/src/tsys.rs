@@ -80,6 +80,14 @@ pub struct TsysProcess {
     pub bounces: u64,
     /// Saved states dropped because 8 were pending (abandoned calls).
     pub dropped: u64,
+    /// Pages of the process's private region (0: none declared).
+    pub cloak_pages: u32,
+    /// Of those, pages whose data Xen holds now, hidden from the kernel
+    /// (all of them while the process is in its kernel).
+    pub cloak_held: u32,
+    /// Entries into the kernel that left the region visible because
+    /// another thread of the process ran in user mode.
+    pub cloak_exposed: u32,
 }
 
 /// A domain's trusted-syscall state in Xen.

@@ -32,10 +32,12 @@ pub struct xen_domctl_circ_tsys {
     pub restores: u64,
     pub deferred: u64,
     pub pending: u32,
-    pub pad: u32,
+    pub cloak_pages: u32,
     pub refused: u64,
     pub bounces: u64,
     pub dropped: u64,
+    pub cloak_held: u32,
+    pub cloak_exposed: u32,
 }
 
 /// `struct xen_domctl` with its union as the 128 bytes of its largest
@@ -51,7 +53,7 @@ pub struct xen_domctl {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<xen_domctl_circ_tsys>() == 112);
+    assert!(core::mem::size_of::<xen_domctl_circ_tsys>() == 120);
     assert!(core::mem::size_of::<xen_domctl_circ_tsys>() <= 128);
     assert!(core::mem::size_of::<xen_domctl>() == 144);
 };

@@ -103,6 +103,9 @@ pub(crate) fn status(ctrl: &XenCtrl, dom: DomId) -> Result<TsysStatus, HvError> 
             pending: out.pending,
             bounces: out.bounces,
             dropped: out.dropped,
+            cloak_pages: out.cloak_pages,
+            cloak_held: out.cloak_held,
+            cloak_exposed: out.cloak_exposed,
         });
         index += 1;
         if index >= out.nr_procs.min(MAX_PROCS) {

@@ -33,14 +33,16 @@
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
-/* xen-patches/0002: 'tsys' << 32 | 1. */
+/* xen-patches/0002: 'tsys' << 32 | 1, and | 2 for the private region. */
 #define TSYS_OP_REGISTER 0x7473797300000001UL
+#define TSYS_OP_CLOAK 0x7473797300000002UL
 /* The secret pattern in the callee-saved registers: PATTERN ^ 1..6. */
 #define PATTERN 0x5ec2e75ec2e75e00UL
 #define NR_PATTERN_REGS 6
@@ -446,6 +448,77 @@ static void flood_check(int n)
           n, describe(status));
 }
 
+/*
+ * The secret page: mapped before the trusted process and the twin are
+ * forked, and filled by each of them (so each has its own, writable copy).
+ * Word i holds SECRET ^ i.
+ */
+#define SECRET 0x5ec2e7da7a000000UL
+#define SECRET_WORDS (4096 / 8)
+static uint64_t *secret_page;
+
+static int map_secret_page(void)
+{
+    void *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return -1;
+    secret_page = p;
+    return 0;
+}
+
+static void fill_secret(void)
+{
+    int i;
+
+    for (i = 0; i < SECRET_WORDS; i++)
+        secret_page[i] = SECRET ^ i;
+    (void)mlock(secret_page, 4096);
+}
+
+static int secret_intact(void)
+{
+    int i;
+
+    for (i = 0; i < SECRET_WORDS; i++)
+        if (secret_page[i] != (SECRET ^ i))
+            return 0;
+    return 1;
+}
+
+static int secret_words(const uint64_t *buf)
+{
+    int i, n = 0;
+
+    for (i = 0; i < SECRET_WORDS; i++)
+        n += (buf[i] & ~0xfffUL) == SECRET;
+    return n;
+}
+
+/*
+ * What guest root reads of `pid`'s secret page: secret words seen through
+ * /proc/PID/mem (*mem) and process_vm_readv (*vm); -1 for a failed read.
+ */
+static void peek_secret(pid_t pid, int *mem, int *vm)
+{
+    uint64_t buf[SECRET_WORDS];
+    struct iovec local = { buf, sizeof(buf) }, remote = { secret_page, sizeof(buf) };
+    char path[64];
+    int fd;
+
+    *mem = *vm = -1;
+    snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+    fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+        if (pread(fd, buf, sizeof(buf), (off_t)(uintptr_t)secret_page) == sizeof(buf))
+            *mem = secret_words(buf);
+        close(fd);
+    }
+    memset(buf, 0, sizeof(buf));
+    if (process_vm_readv(pid, &local, 1, &remote, 1, 0) == sizeof(buf))
+        *vm = secret_words(buf);
+}
+
 /* Threads of the trusted process: same address space, own stacks. */
 struct thread_probe {
     int ready[2], data[2];
@@ -487,6 +560,17 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
     if (r != 0)
         return 1;
 
+    fill_secret();
+    r = int81((long)TSYS_OP_CLOAK, (long)secret_page + 8, 4096, 0);
+    {
+        long r2 = int81((long)TSYS_OP_CLOAK, (long)secret_page, 64 * 4096, 0);
+        long r3 = int81((long)TSYS_OP_CLOAK, (long)secret_page, 4096, 0);
+
+        check("trusted-cloak-declared", r == -EINVAL && r2 == -EINVAL && r3 == 0,
+              "private region: unaligned %ld, 64 pages %ld (want -EINVAL both), "
+              "the secret page %ld (want 0)", r, r2, r3);
+    }
+
     r = int81(SYS_write, 1, (long)hello, sizeof(hello) - 1);
     check("trusted-write", r == (long)sizeof(hello) - 1,
           "write(1, ...) through int 0x81 returned %ld", r);
@@ -518,6 +602,9 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
         check("trusted-regs-restored", ret == 1 && after == 0,
               "after a read that guest root interrupted with ptrace (%d), the trusted "
               "process's changed registers: mask %#x", ret, after);
+        check("trusted-memory-restored", secret_intact(),
+              "the secret page after the call: %s",
+              secret_intact() ? "intact" : "CHANGED");
     }
 
     /* 2. A signal during a call; the handler makes a call of its own. */
@@ -606,7 +693,7 @@ static void trusted_checks(const uint64_t *token)
     volatile int *flag = mmap(0, 4096, PROT_READ | PROT_WRITE,
                               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
-    if (flag == MAP_FAILED || pipe(ready) || pipe(data))
+    if (flag == MAP_FAILED || pipe(ready) || pipe(data) || map_secret_page())
         return;
     *flag = 0;
     pid = fork();
@@ -615,8 +702,15 @@ static void trusted_checks(const uint64_t *token)
         _exit(trusted_process(token, ready[1], data[0], flag));
     }
 
-    /* 1. ptrace while it blocks. */
+    /* 1. /proc/PID/mem, process_vm_readv and ptrace while it blocks. */
     if (wait_blocked(ready[0], pid) == 0) {
+        int mem, vm;
+
+        peek_secret(pid, &mem, &vm);
+        check("trusted-memory-hidden", mem == 0 && vm == 0,
+              "secret words guest root read of the trusted process's private page while "
+              "it blocked in read: /proc/PID/mem %d, process_vm_readv %d (of %d)",
+              mem, vm, SECRET_WORDS);
         seen = ptrace_probe("trusted", pid);
         check("trusted-regs-hidden", seen == 0,
               "pattern registers guest root saw in PTRACE_GETREGS while the trusted "
@@ -665,16 +759,25 @@ static void twin_checks(void)
     int ready[2], data[2], result[2], seen;
     pid_t pid;
 
-    if (pipe(ready) || pipe(data) || pipe(result))
+    if (pipe(ready) || pipe(data) || pipe(result) || (!secret_page && map_secret_page()))
         return;
     pid = fork();
     if (pid == 0) {
-        uint64_t r = block_syscall(ready[1], data[0], PATTERN);
+        uint64_t r;
+
+        fill_secret();
+        r = block_syscall(ready[1], data[0], PATTERN);
         (void)!write(result[1], &r, sizeof(r));
         _exit(0);
     }
     if (wait_blocked(ready[0], pid) == 0) {
         uint64_t r = 0;
+        int mem, vm;
+
+        peek_secret(pid, &mem, &vm);
+        check("twin-memory-visible", mem == SECRET_WORDS && vm == SECRET_WORDS,
+              "secret words guest root read of the untrusted twin's page: /proc/PID/mem "
+              "%d, process_vm_readv %d (of %d)", mem, vm, SECRET_WORDS);
         seen = ptrace_probe("twin", pid);
         check("twin-regs-visible", seen == NR_PATTERN_REGS,
               "pattern registers guest root saw for the untrusted twin: %d of %d",

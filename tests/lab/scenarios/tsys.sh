@@ -47,7 +47,7 @@ if [ "$LAB_XEN" = stock ]; then
          grep -q 'no trusted system calls' '$LAB_OUT/authorise-stock.err'"
     check "circ tsys list refuses cleanly on stock Xen" sh -c "! circ tsys list $dom"
     xenstore-write "$(node token)" none
-    expected_guest_checks=9
+    expected_guest_checks=10
 else
     check "circ tsys list before authorising" list_json before
     check_json "domain not authorised before" "$LAB_OUT/before.json" \
@@ -69,6 +69,9 @@ else
     check_json "the token was used up" "$LAB_OUT/during.json" '.[0].token_armed == false'
     check_json "other entries into the kernel (interrupts, events) concealed too" \
         "$LAB_OUT/during.json" '.[0].processes[0].bounces >= 1'
+    check_json "Xen holds its private page while it blocks (hidden from the kernel)" \
+        "$LAB_OUT/during.json" \
+        '.[0].processes[0] | .cloak_pages == 1 and .cloak_held == 1 and .cloak_exposed == 0'
     circ tsys list >"$LAB_OUT/during.txt" 2>&1
     xenstore-write "$(node go)" 1
 
@@ -78,7 +81,7 @@ else
             wait_for 300 guest_node_is state "want-token-$i"
         check "applet $i: circ tsys authorise" circ tsys authorise "$dom"
     done
-    expected_guest_checks=25
+    expected_guest_checks=29
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"

@@ -359,6 +359,9 @@ impl FakeHypervisor {
                 pending: 0,
                 bounces: 0,
                 dropped: 0,
+                cloak_pages: 0,
+                cloak_held: 0,
+                cloak_exposed: 0,
             });
         }
         true
