@@ -54,6 +54,8 @@ ksm=/sys/kernel/mm/ksm
 page_kib=4
 
 say() { printf '%s\n' "$*" >&2; }
+# shellcheck source=scripts/lib/bench-lab.sh
+. "$repo/scripts/lib/bench-lab.sh"
 die() {
     say "bench: $*"
     exit 1
@@ -124,28 +126,8 @@ machine() {
 # --- Xen: the lab's memshare scenario ------------------------------------------
 
 if [[ -z $lab_run ]]; then
-    circ=${CIRC:-}
-    if [[ -z $circ ]]; then
-        say "building (scripts/build)"
-        (cd "$repo" && timeout 1800 scripts/build) >&2
-        circ=$repo/target/release/circ
-    fi
-    [[ -x $circ ]] || die "no circ binary at $circ"
-    runs=${CIRC_LAB_RUNS:-$repo/lab-runs}
-    started=$(date +%s)
     machine
-    say "Xen: circ-lab run memshare --xen patched (15 minutes at most)"
-    lab_rc=0
-    (cd "$repo" && timeout 1500 "$(dirname "$circ")/circ-lab" run memshare --xen patched) >"$work/lab.log" 2>&1 || lab_rc=$?
-    ((lab_rc == 0)) || say "the lab run failed (exit $lab_rc): reading what it recorded"
-    for dir in "$runs"/*-memshare-patched; do
-        stamp=$(basename "$dir")
-        stamp=${stamp%%-*}
-        if [[ $stamp =~ ^[0-9]+$ ]] && ((stamp >= started)); then
-            lab_run=$dir
-        fi
-    done
-    [[ -n $lab_run ]] || die "the lab run left no run directory under $runs (see its log: $(tail -n 3 "$work/lab.log"))"
+    lab_run=$(bench_lab_run "$repo" memshare 1500 "$work/lab.log")
 fi
 [[ -d $lab_run/out ]] || die "no out/ in $lab_run"
 say "Xen: run directory $lab_run"

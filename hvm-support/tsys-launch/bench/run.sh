@@ -29,36 +29,18 @@ repo=$(cd "$here/../../.." && pwd)
 lab_run=${CIRC_BENCH_LAB_RUN:-}
 
 say() { printf '%s\n' "$*" >&2; }
+# shellcheck source=scripts/lib/bench-lab.sh
+. "$repo/scripts/lib/bench-lab.sh"
 die() {
     say "bench: $*"
     exit 1
 }
 
 if [[ -z $lab_run ]]; then
-    circ=${CIRC:-}
-    if [[ -z $circ ]]; then
-        say "building (scripts/build)"
-        (cd "$repo" && timeout 1800 scripts/build) >&2
-        circ=$repo/target/release/circ
-    fi
-    [[ -x $circ ]] || die "no circ binary at $circ"
-    runs=${CIRC_LAB_RUNS:-$repo/lab-runs}
-    started=$(date +%s)
     say "machine: $(nproc) cores, $(awk '/model name/ { sub(/.*: /, ""); print; exit }' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
-    say "Xen: circ-lab run tsys-bench --xen patched"
-    lab_rc=0
     log=$(mktemp)
-    (cd "$repo" && timeout 1500 "$(dirname "$circ")/circ-lab" run tsys-bench --xen patched) >"$log" 2>&1 || lab_rc=$?
-    ((lab_rc == 0)) || say "the lab run failed (exit $lab_rc): $(tail -n 3 "$log")"
-    for dir in "$runs"/*-tsys-bench-patched; do
-        stamp=$(basename "$dir")
-        stamp=${stamp%%-*}
-        if [[ $stamp =~ ^[0-9]+$ ]] && ((stamp >= started)); then
-            lab_run=$dir
-        fi
-    done
+    lab_run=$(bench_lab_run "$repo" tsys-bench 1500 "$log")
     rm -f "$log"
-    [[ -n $lab_run ]] || die "the lab run left no run directory under $runs"
 fi
 bench=$lab_run/out/bench.txt
 [[ -s $bench ]] || die "no bench results in $bench"

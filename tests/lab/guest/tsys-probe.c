@@ -999,9 +999,11 @@ static void bench(const uint64_t *token)
     static const char *const kinds[BENCH_KINDS] = { "trusted-int81", "trusted-syscall",
                                                     "plain" };
     uint64_t fig[BENCH_KINDS][2][BENCH_ROUNDS];
-    int cmd[2][2], res[2][2], w, r, k, f;
+    int cmd[2][2], res[2][2], status[2], w, r, k, f;
     pid_t pid[2];
 
+    /* A worker that died must show up as a failed check, not kill us. */
+    signal(SIGPIPE, SIG_IGN);
     for (w = 0; w < 2; w++) {
         if (pipe(cmd[w]) != 0 || pipe(res[w]) != 0)
             return;
@@ -1028,7 +1030,15 @@ static void bench(const uint64_t *token)
     for (w = 0; w < 2; w++) {
         close(cmd[w][1]);
         close(res[w][0]);
-        wait_status(pid[w]);
+        status[w] = wait_status(pid[w]);
+    }
+    {
+        char first[64];
+
+        snprintf(first, sizeof(first), "%s", describe(status[0]));
+        check("bench-workers", WIFEXITED(status[0]) && WEXITSTATUS(status[0]) == 0 &&
+                                   WIFEXITED(status[1]) && WEXITSTATUS(status[1]) == 0,
+              "registered worker: %s; plain worker: %s", first, describe(status[1]));
     }
     for (k = 0; k < BENCH_KINDS; k++)
         for (f = 0; f < 2; f++)

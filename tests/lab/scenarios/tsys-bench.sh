@@ -13,7 +13,8 @@ set -u
 . /lab/lib.sh
 
 GUEST=tsys-bench
-export GUEST_CMDLINE=circ.tsys=bench
+# loglevel=7: a worker's fatal signal shows on the console.
+export GUEST_CMDLINE="circ.tsys=bench loglevel=7"
 export GUEST_MEMORY=256
 
 check "PV guest boots to its init" start_guest "$GUEST" pv
@@ -26,9 +27,10 @@ t0=$(now_ms)
 check "the benchmark finishes" wait_for 900 probe_said "done"
 timing "tsys benchmark in the guest" $(($(now_ms) - t0))
 tr -d '\r' <"$con" | grep -a '^circ-tsys: ' >"$LAB_OUT/bench.txt"
-check "the guest reported both loops ran" sh -c \
+check "the guest reported both loops ran and its workers exited cleanly" sh -c \
     "grep -q 'check bench-getpid-ran ok' '$LAB_OUT/bench.txt' &&
-     grep -q 'check bench-rw-ran ok' '$LAB_OUT/bench.txt'"
+     grep -q 'check bench-rw-ran ok' '$LAB_OUT/bench.txt' &&
+     grep -q 'check bench-workers ok' '$LAB_OUT/bench.txt'"
 check_eq "six bench lines (two loops, three kinds)" 6 \
     "$(grep -c '^circ-tsys: bench ' "$LAB_OUT/bench.txt")"
 check "Xen is still up (xl info)" sh -c 'xl info >/dev/null'
