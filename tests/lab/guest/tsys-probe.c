@@ -1011,6 +1011,11 @@ static void bench(const uint64_t *token)
         if (pid[w] == 0) {
             close(cmd[w][1]);
             close(res[w][0]);
+            if (w == 1) {
+                /* Worker 0's ends, inherited: its EOF must not wait for us. */
+                close(cmd[0][1]);
+                close(res[0][0]);
+            }
             _exit(bench_worker(w == 0 ? token : NULL, cmd[w][0], res[w][1]));
         }
         close(cmd[w][0]);
@@ -1030,8 +1035,9 @@ static void bench(const uint64_t *token)
     for (w = 0; w < 2; w++) {
         close(cmd[w][1]);
         close(res[w][0]);
-        status[w] = wait_status(pid[w]);
     }
+    for (w = 0; w < 2; w++)
+        status[w] = wait_status(pid[w]);
     {
         char first[64];
 
