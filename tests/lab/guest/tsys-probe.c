@@ -835,7 +835,8 @@ static void twin_checks(void)
 #define BUSYBOX_TSYS "/bin/busybox-tsys"
 #define NR_APPLETS 3
 
-/* Runs a shell command (busybox sh); returns its exit code, or -1. */
+/* Runs a shell command (busybox sh); returns its exit code, 128 + N for a
+ * command killed by signal N (as shells report it), or -1. */
 static int run_sh(const char *fmt, ...)
 {
     char cmd[512];
@@ -848,6 +849,8 @@ static int run_sh(const char *fmt, ...)
     if (n < 0 || n >= (int)sizeof(cmd))
         return -1;
     status = system(cmd);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -917,6 +920,18 @@ static void applet_checks(int patched)
             run_sh("diff /tmp/plain.out /tmp/tsys.out | head -5 | sed 's/^/circ-tsys: diff /'");
         run_sh("rm -f /tmp/plain.out /tmp/tsys.out /tmp/copy /tmp/copy.plain");
     }
+
+    /*
+     * Exec ends trust: the trusted shell execs the rewritten busybox, whose
+     * new address space is not registered, so its first int $0x81 is the
+     * stock #GP (SIGSEGV; the outer shell reports 128 + 11).
+     */
+    xs_write("data/tsys/state", "want-token-4");
+    code = run_sh(LAUNCHER " --wait 300 " BUSYBOX_TSYS
+                  " sh -c 'exec " BUSYBOX_TSYS " true' 2>/dev/null");
+    check("trusted-exec-untrusted", code == 128 + SIGSEGV,
+          "a trusted shell exec'ing the rewritten busybox: exit %d (want %d, SIGSEGV)", code,
+          128 + SIGSEGV);
 }
 
 /* --- scripts/bench tsys ------------------------------------------------------ */
