@@ -72,7 +72,7 @@ impl DiskError {
 /// overlay (4 KiB blocks; a partial block is completed from the image).
 /// Without an overlay the disk is read-only.
 #[derive(Debug)]
-pub struct CowDisk<S> {
+pub struct CowDisk<S: ChunkStore + 'static> {
     reader: ImageReader<S>,
     overlay: Option<Overlay>,
     /// Writes are serialised: two partial writes to one new block must not
@@ -80,7 +80,7 @@ pub struct CowDisk<S> {
     write_lock: Mutex<()>,
 }
 
-impl<S: ChunkStore> CowDisk<S> {
+impl<S: ChunkStore + 'static> CowDisk<S> {
     pub fn new(reader: ImageReader<S>, overlay: Option<Overlay>) -> Self {
         Self {
             reader,
@@ -113,7 +113,7 @@ impl<S: ChunkStore> CowDisk<S> {
     }
 }
 
-impl<S: ChunkStore> BlockDevice for CowDisk<S> {
+impl<S: ChunkStore + 'static> BlockDevice for CowDisk<S> {
     fn size(&self) -> u64 {
         self.reader.size()
     }

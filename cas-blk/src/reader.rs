@@ -43,6 +43,17 @@ const SPAN_PARALLEL: usize = 4;
 /// Pieces of one read from verified copies worth a second thread (a 4 MiB
 /// read spans sixteen 256 KiB chunks).
 const PARALLEL_VERIFIED_MIN: usize = 4;
+/// Threads fetching ahead of sequential streams.
+const AHEAD_THREADS: usize = 4;
+/// Read-ahead window of a stream: starts at twice its read size (at least
+/// this), doubles with each continuing read, up to `AHEAD_MAX_BYTES`.
+const AHEAD_MIN_BYTES: u64 = 1 << 20;
+const AHEAD_MAX_BYTES: u64 = 16 << 20;
+/// Streams followed at once (a guest reading several files).
+const AHEAD_STREAMS: usize = 8;
+/// Decoded chunks fetched ahead and not yet read, at most: the largest
+/// window twice over, so a window in flight never evicts the previous one.
+const AHEAD_READY_BYTES: u64 = 2 * AHEAD_MAX_BYTES;
 /// Granularity of the per-block digests of verified chunks.
 const BLOCK: usize = 4096;
 
@@ -129,8 +140,16 @@ pub enum ReadError {
 
 type ChunkResult = Result<Arc<Vec<u8>>, ReadError>;
 
+/// The reader: its state is shared with the read-ahead threads, which it
+/// stops and joins when dropped.
 #[derive(Debug)]
-pub struct ImageReader<S> {
+pub struct ImageReader<S: ChunkStore + 'static> {
+    shared: Arc<Shared<S>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared<S> {
     index: Arc<IndexV1>,
     store: VerifyingStore<S>,
     /// Most recent last.
@@ -140,6 +159,7 @@ pub struct ImageReader<S> {
     inflight: InFlight,
     trace: Trace,
     stats: Counters,
+    ahead: Ahead,
 }
 
 /// A piece of a read: `dst` gets bytes `within..` of chunk `index`.
@@ -206,6 +226,83 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// What a thread that claimed a chunk finds already there.
+enum Have<'a> {
+    /// Verified by this process, its plain copy in the local cache.
+    Verified(&'a Verified),
+    /// Fetched and verified by a read-ahead thread, in memory.
+    Ahead(Arc<Vec<u8>>),
+}
+
+/// Sequential read-ahead: streams seen, chunks queued for the read-ahead
+/// threads, and chunks they fetched that no read has taken yet.
+#[derive(Debug, Default)]
+struct Ahead {
+    state: Mutex<AheadState>,
+    work: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct AheadState {
+    /// Most recently continued last.
+    streams: Vec<Stream>,
+    queue: std::collections::VecDeque<usize>,
+    queued: HashSet<usize>,
+    ready: HashMap<ChunkId, Arc<Vec<u8>>>,
+    /// Oldest first, for eviction.
+    ready_order: std::collections::VecDeque<ChunkId>,
+    ready_bytes: u64,
+    /// Workers fetching right now.
+    busy: usize,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Where the stream's next read would start.
+    next: u64,
+    window: u64,
+    /// Everything below this is queued or read already.
+    queued_to: u64,
+}
+
+impl Ahead {
+    fn peek_ready(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        lock(&self.state).ready.get(id).cloned()
+    }
+
+    fn take_ready(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        let mut state = lock(&self.state);
+        let data = state.ready.remove(id)?;
+        state.ready_bytes -= data.len() as u64;
+        Some(data)
+    }
+
+    fn put_ready(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        let mut state = lock(&self.state);
+        state.ready_bytes += data.len() as u64;
+        if let Some(old) = state.ready.insert(id, data) {
+            state.ready_bytes -= old.len() as u64;
+        }
+        state.ready_order.push_back(id);
+        while state.ready_bytes > AHEAD_READY_BYTES {
+            let Some(oldest) = state.ready_order.pop_front() else {
+                break;
+            };
+            if let Some(old) = state.ready.remove(&oldest) {
+                state.ready_bytes -= old.len() as u64;
+            }
+        }
+        // Ids taken by reads linger in the order list; keep it bounded.
+        if state.ready_order.len() > 4 * state.ready.len() + 64 {
+            let AheadState {
+                ready, ready_order, ..
+            } = &mut *state;
+            ready_order.retain(|id| ready.contains_key(id));
+        }
+    }
+}
+
 /// First reads of each chunk position, in order, with their time since the
 /// reader's first read: the raw material of a boot prefetch list.
 #[derive(Debug, Default)]
@@ -251,6 +348,8 @@ struct Counters {
     memory: AtomicU64,
     verified: AtomicU64,
     fetched: AtomicU64,
+    ahead: AtomicU64,
+    ahead_fetched: AtomicU64,
 }
 
 /// Which tier served the chunk pieces of reads so far (a read spanning
@@ -263,6 +362,10 @@ pub struct ReaderStats {
     pub verified: u64,
     /// Fetched, decompressed and verified whole (cache or network).
     pub fetched: u64,
+    /// From a chunk the read-ahead threads fetched before it was asked for.
+    pub ahead: u64,
+    /// Chunks the read-ahead threads fetched (some may never be read).
+    pub ahead_fetched: u64,
 }
 
 /// A chunk that no source could supply in good shape.
@@ -273,41 +376,282 @@ pub struct BadChunk {
     pub error: StoreError,
 }
 
-impl<S: ChunkStore> ImageReader<S> {
+impl<S: ChunkStore + 'static> ImageReader<S> {
     pub fn new(index: Arc<IndexV1>, store: VerifyingStore<S>) -> Self {
         Self {
-            index,
-            store,
-            recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
-            verified: Mutex::new(HashMap::new()),
-            inflight: InFlight::default(),
-            trace: Trace::default(),
-            stats: Counters::default(),
+            shared: Arc::new(Shared {
+                index,
+                store,
+                recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
+                verified: Mutex::new(HashMap::new()),
+                inflight: InFlight::default(),
+                trace: Trace::default(),
+                stats: Counters::default(),
+                ahead: Ahead::default(),
+            }),
+            workers: Mutex::new(Vec::new()),
         }
     }
 
     pub fn index(&self) -> &IndexV1 {
-        &self.index
+        &self.shared.index
     }
 
     pub fn store(&self) -> &VerifyingStore<S> {
-        &self.store
+        &self.shared.store
     }
 
     pub fn size(&self) -> u64 {
-        self.index.image_size
+        self.shared.index.image_size
     }
 
     pub fn stats(&self) -> ReaderStats {
+        let stats = &self.shared.stats;
         ReaderStats {
-            memory: self.stats.memory.load(Ordering::Relaxed),
-            verified: self.stats.verified.load(Ordering::Relaxed),
-            fetched: self.stats.fetched.load(Ordering::Relaxed),
+            memory: stats.memory.load(Ordering::Relaxed),
+            verified: stats.verified.load(Ordering::Relaxed),
+            fetched: stats.fetched.load(Ordering::Relaxed),
+            ahead: stats.ahead.load(Ordering::Relaxed),
+            ahead_fetched: stats.ahead_fetched.load(Ordering::Relaxed),
         }
     }
 
     /// Verified content of chunk `i` (zeros for an all-zero chunk).
     pub fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, ReadError> {
+        self.shared.chunk(i)
+    }
+
+    /// Fills `buf` from `offset`; the whole range must lie in the image.
+    /// A read that continues an earlier one (a sequential stream) first
+    /// queues the chunks after it for the read-ahead threads, in a window
+    /// that doubles with each continuing read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let queued = self.shared.schedule_ahead(offset, buf.len() as u64);
+        if queued {
+            self.start_workers();
+        }
+        self.shared.read_at(offset, buf)
+    }
+
+    /// Starts the read-ahead threads the first time a stream is seen.
+    fn start_workers(&self) {
+        let mut workers = lock(&self.workers);
+        if !workers.is_empty() {
+            return;
+        }
+        for n in 0..AHEAD_THREADS {
+            let shared = Arc::clone(&self.shared);
+            match std::thread::Builder::new()
+                .name(format!("cas-ahead-{n}"))
+                .spawn(move || shared.ahead_worker())
+            {
+                Ok(handle) => workers.push(handle),
+                Err(error) => {
+                    // Reads still work, only without read-ahead.
+                    tracing::warn!(%error, "cannot start a read-ahead thread");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits until the read-ahead threads have nothing queued or in hand:
+    /// for tests and benchmarks that need a known state.
+    pub fn settle_read_ahead(&self) {
+        let mut state = lock(&self.shared.ahead.state);
+        while !state.stop && (!state.queue.is_empty() || state.busy > 0) {
+            state = self
+                .shared
+                .ahead
+                .work
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// See [`Shared::prefetch`].
+    pub fn prefetch(
+        &self,
+        positions: &[u32],
+        parallel: usize,
+        stop: &AtomicBool,
+    ) -> PrefetchReport {
+        self.shared.prefetch(positions, parallel, stop)
+    }
+
+    /// When this reader's clients first read (none yet: `None`).
+    pub fn first_read(&self) -> Option<Instant> {
+        lock(&self.shared.trace.inner).start
+    }
+
+    /// The chunk positions this reader's clients first read within
+    /// `window` of their first read, in that order: a boot's chunks.
+    pub fn boot_trace(&self, window: Duration) -> Vec<u32> {
+        self.shared.trace.within(window)
+    }
+
+    /// Writes the whole image to `out`, fetching up to `parallel` chunks at
+    /// once ahead of the writer (network latency hides behind the others).
+    pub fn write_all_to(&self, out: &mut dyn Write, parallel: usize) -> Result<(), ReadError> {
+        self.shared.write_all_to(out, parallel)
+    }
+
+    /// Fetches and verifies every distinct chunk; returns those that no
+    /// source could supply in good shape.
+    pub fn verify_all(&self, parallel: usize, progress: &(dyn Fn(u64) + Sync)) -> Vec<BadChunk> {
+        self.shared.verify_all(parallel, progress)
+    }
+}
+
+impl<S: ChunkStore + 'static> Drop for ImageReader<S> {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.shared.ahead.state);
+            state.stop = true;
+            state.queue.clear();
+        }
+        self.shared.ahead.work.notify_all();
+        let workers = std::mem::take(
+            self.workers
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for worker in workers {
+            // A worker that panicked has nothing left to clean up.
+            let _ = worker.join();
+        }
+    }
+}
+
+impl<S: ChunkStore> Shared<S> {
+    /// Follows sequential streams: a read starting where an earlier one
+    /// ended continues its stream, whose window grows, and the chunks in
+    /// the window past this read are queued for the read-ahead threads
+    /// (those not verified, fetched or queued already). Returns whether it
+    /// queued any.
+    fn schedule_ahead(&self, offset: u64, len: u64) -> bool {
+        let size = self.index.image_size;
+        let end = offset.saturating_add(len).min(size);
+        if len == 0 {
+            return false;
+        }
+        let chunk_bytes = u64::from(self.index.chunk_size.bytes());
+        let mut state = lock(&self.ahead.state);
+        if state.stop {
+            return false;
+        }
+        // A stream under way may skip ahead within its window (a file
+        // system's reads step over holes and metadata); a new one must
+        // continue exactly, so random reads do not start streams.
+        let continues = |s: &Stream| offset >= s.next && offset - s.next <= s.window;
+        let Some(pos) = state.streams.iter().position(continues) else {
+            if state.streams.len() >= AHEAD_STREAMS {
+                state.streams.remove(0);
+            }
+            state.streams.push(Stream {
+                next: end,
+                window: 0,
+                queued_to: end,
+            });
+            return false;
+        };
+        let mut stream = state.streams.remove(pos);
+        stream.window = (stream.window * 2)
+            .max(2 * len)
+            .clamp(AHEAD_MIN_BYTES, AHEAD_MAX_BYTES);
+        stream.next = end;
+        let from = stream.queued_to.max(end);
+        let to = end.saturating_add(stream.window).min(size);
+        stream.queued_to = stream.queued_to.max(to);
+        state.streams.push(stream);
+        // Chunks wholly after this read (its last chunk is its own).
+        let first = from.div_ceil(chunk_bytes);
+        let last = to.div_ceil(chunk_bytes);
+        let mut queued = false;
+        let verified = lock(&self.verified);
+        for i in first..last {
+            let i = i as usize;
+            let Some(chunk) = self.index.chunk_ref(i) else {
+                continue;
+            };
+            if verified.contains_key(&chunk.id)
+                || state.ready.contains_key(&chunk.id)
+                || !state.queued.insert(i)
+            {
+                continue;
+            }
+            state.queue.push_back(i);
+            queued = true;
+        }
+        drop(verified);
+        drop(state);
+        if queued {
+            self.ahead.work.notify_all();
+        }
+        queued
+    }
+
+    /// A read-ahead thread: fetches queued chunks until the reader drops.
+    fn ahead_worker(&self) {
+        loop {
+            let i = {
+                let mut state = lock(&self.ahead.state);
+                loop {
+                    if state.stop {
+                        return;
+                    }
+                    if let Some(i) = state.queue.pop_front() {
+                        state.busy += 1;
+                        break i;
+                    }
+                    state = self
+                        .ahead
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let outcome = match self.index.chunk_ref(i) {
+                // Read by a guest meanwhile: nothing to do.
+                Some(chunk) if self.recent_lookup_quiet(i).is_none() => self
+                    .obtain(
+                        i,
+                        &chunk,
+                        true,
+                        |_| Some(()),
+                        |data| {
+                            self.ahead.put_ready(chunk.id, Arc::new(data));
+                            self.stats.ahead_fetched.fetch_add(1, Ordering::Relaxed);
+                        },
+                    )
+                    .err(),
+                _ => None,
+            };
+            {
+                let mut state = lock(&self.ahead.state);
+                state.queued.remove(&i);
+                state.busy -= 1;
+            }
+            // Wakes `settle_read_ahead` too.
+            self.ahead.work.notify_all();
+            if let Some(error) = outcome {
+                // The guest's own read of the chunk reports it.
+                tracing::debug!(chunk = i, error = %crate::error_chain(&error), "read-ahead failed");
+            }
+        }
+    }
+
+    /// Whether chunk `i` is among the recently decoded, without making it
+    /// more recent.
+    fn recent_lookup_quiet(&self, i: usize) -> Option<()> {
+        self.lock_recent()
+            .iter()
+            .any(|(idx, _)| *idx == i)
+            .then_some(())
+    }
+
+    /// Verified content of chunk `i` (zeros for an all-zero chunk).
+    fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, ReadError> {
         if let Some(hit) = self.recent_lookup(i) {
             return Ok(hit);
         }
@@ -378,15 +722,20 @@ impl<S: ChunkStore> ImageReader<S> {
         let Some(chunk) = self.index.chunk_ref(i) else {
             return Ok(Arc::new(vec![0u8; self.index.chunk_len(i) as usize]));
         };
-        let known = |verified: &Verified| {
-            let mut whole = vec![0u8; chunk.len as usize];
-            verified
-                .read(whole.len(), 0, &mut whole)
-                .ok()
-                .map(|()| whole)
+        let known = |have: Have<'_>| match have {
+            Have::Ahead(data) => {
+                self.ahead.take_ready(&chunk.id);
+                Some(data)
+            }
+            Have::Verified(verified) => {
+                let mut whole = vec![0u8; chunk.len as usize];
+                verified
+                    .read(whole.len(), 0, &mut whole)
+                    .ok()
+                    .map(|()| Arc::new(whole))
+            }
         };
-        self.obtain(i, &chunk, learn, known, |data| data)
-            .map(Arc::new)
+        self.obtain(i, &chunk, learn, known, Arc::new)
     }
 
     /// The one way a chunk is fetched. One thread at a time fetches a given
@@ -400,13 +749,19 @@ impl<S: ChunkStore> ImageReader<S> {
         i: usize,
         chunk: &ChunkRef,
         learn: bool,
-        known: impl FnOnce(&Verified) -> Option<T>,
+        known: impl FnOnce(Have<'_>) -> Option<T>,
         fetched: impl FnOnce(Vec<u8>) -> T,
     ) -> Result<T, ReadError> {
         let _claim = self.inflight.claim(chunk.id);
-        let verified = lock(&self.verified).get(&chunk.id).cloned();
-        if let Some(value) = verified.as_deref().and_then(known) {
-            return Ok(value);
+        if let Some(data) = self.ahead.peek_ready(&chunk.id) {
+            if let Some(value) = known(Have::Ahead(data)) {
+                return Ok(value);
+            }
+        } else {
+            let verified = lock(&self.verified).get(&chunk.id).cloned();
+            if let Some(value) = verified.as_deref().map(Have::Verified).and_then(known) {
+                return Ok(value);
+            }
         }
         let data = self
             .store
@@ -419,9 +774,9 @@ impl<S: ChunkStore> ImageReader<S> {
     }
 
     /// Fills `buf` from `offset`; the whole range must lie in the image.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         let len = buf.len() as u64;
-        let size = self.size();
+        let size = self.index.image_size;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(ReadError::OutOfRange { offset, len, size });
         }
@@ -450,6 +805,10 @@ impl<S: ChunkStore> ImageReader<S> {
             if let Some(data) = self.recent_lookup(i) {
                 dst.copy_from_slice(&data[within..within + want]);
                 self.stats.memory.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(data) = self.ahead.take_ready(&chunk.id) {
+                dst.copy_from_slice(&data[within..within + want]);
+                self.stats.ahead.fetch_add(1, Ordering::Relaxed);
+                self.remember(i, data);
             } else {
                 pending.push(Piece {
                     index: i,
@@ -514,12 +873,7 @@ impl<S: ChunkStore> ImageReader<S> {
     /// that this process has not verified yet, `parallel` at a time, until
     /// done or `stop` is set. Fetched chunks land in the cache; memory's
     /// few decoded chunks are left to the guest's reads.
-    pub fn prefetch(
-        &self,
-        positions: &[u32],
-        parallel: usize,
-        stop: &AtomicBool,
-    ) -> PrefetchReport {
+    fn prefetch(&self, positions: &[u32], parallel: usize, stop: &AtomicBool) -> PrefetchReport {
         let next = AtomicUsize::new(0);
         let fetched = AtomicU64::new(0);
         let failed = AtomicU64::new(0);
@@ -557,20 +911,9 @@ impl<S: ChunkStore> ImageReader<S> {
         }
     }
 
-    /// When this reader's clients first read (none yet: `None`).
-    pub fn first_read(&self) -> Option<Instant> {
-        lock(&self.trace.inner).start
-    }
-
-    /// The chunk positions this reader's clients first read within
-    /// `window` of their first read, in that order: a boot's chunks.
-    pub fn boot_trace(&self, window: Duration) -> Vec<u32> {
-        self.trace.within(window)
-    }
-
     /// Writes the whole image to `out`, fetching up to `parallel` chunks at
     /// once ahead of the writer (network latency hides behind the others).
-    pub fn write_all_to(&self, out: &mut dyn Write, parallel: usize) -> Result<(), ReadError> {
+    fn write_all_to(&self, out: &mut dyn Write, parallel: usize) -> Result<(), ReadError> {
         let parallel = parallel.max(1);
         let count = self.index.chunk_count();
         let batch = parallel * 4;
@@ -620,7 +963,7 @@ impl<S: ChunkStore> ImageReader<S> {
 
     /// Fetches and verifies every distinct chunk; returns those that no
     /// source could supply in good shape.
-    pub fn verify_all(&self, parallel: usize, progress: &(dyn Fn(u64) + Sync)) -> Vec<BadChunk> {
+    fn verify_all(&self, parallel: usize, progress: &(dyn Fn(u64) + Sync)) -> Vec<BadChunk> {
         let unique = self.index.unique_chunks();
         let positions: std::collections::HashMap<ChunkId, usize> = (0..self.index.chunk_count())
             .rev()

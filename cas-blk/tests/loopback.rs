@@ -553,6 +553,41 @@ fn prefetched_chunks_are_read_without_fetching_and_the_trace_keeps_read_order() 
 }
 
 #[test]
+fn sequential_reads_are_fetched_ahead() {
+    let fx = Fixture::new();
+    let data = image(64 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opened = client::open(&fx.options(&format!("{url}indexes/img.cidx"))).unwrap();
+    let reader = &opened.reader;
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 131_072];
+        reader.read_at(offset as u64, &mut buf).map(|()| buf)
+    };
+    // Two reads in a row make a stream: the next 1 MiB (chunks 4 to 19,
+    // the smallest window) is fetched ahead, but for chunk 5, which
+    // repeats chunk 0, verified already.
+    assert_eq!(read(0).unwrap(), data[..131_072]);
+    assert_eq!(read(131_072).unwrap(), data[131_072..262_144]);
+    reader.settle_read_ahead();
+    assert_eq!(reader.stats().ahead_fetched, 15, "{:?}", reader.stats());
+    // With the server gone, the window reads from memory alone.
+    server.stop();
+    let before = reader.stats();
+    for offset in (262_144..262_144 + 1_048_576).step_by(131_072) {
+        assert_eq!(read(offset).unwrap(), data[offset..offset + 131_072]);
+    }
+    let after = reader.stats();
+    assert_eq!(after.fetched, before.fetched, "{after:?}");
+    assert_eq!(after.ahead, before.ahead + 15, "{after:?}");
+    assert_eq!(after.verified, before.verified + 1, "{after:?}");
+    // Past the window, reads fail (no server) and say why.
+    reader.settle_read_ahead();
+    let past = 262_144 + 1_048_576 + 16 * 65_536 + 65_536;
+    assert!(read(past).is_err());
+}
+
+#[test]
 fn cache_stays_within_its_budget() {
     let fx = Fixture::new();
     let data = image(8 * 65_536);

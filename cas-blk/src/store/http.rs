@@ -120,6 +120,11 @@ impl HttpStore {
                 .proxy(None)
                 .http_status_as_error(false)
                 .max_redirects(0)
+                // Reads, read-ahead and the boot prefetch fetch in parallel:
+                // keep a connection alive for each (ureq keeps 3 per host
+                // by default, and opens a new one for every fetch past it).
+                .max_idle_connections(64)
+                .max_idle_connections_per_host(16)
                 .timeout_connect(Some(config.connect_timeout))
                 .timeout_global(Some(config.request_timeout))
                 .user_agent(concat!("circ-cas/", env!("CARGO_PKG_VERSION")))
