@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chunk::{ChunkId, ChunkRef};
-use crate::index::IndexV1;
+use crate::chunk::{self, ChunkFrames, ChunkId, ChunkRef};
+use crate::index::Index;
 use crate::store::{ChunkStore, StoreError, VerifyingStore};
 
 /// Decoded chunks kept in memory.
@@ -43,6 +43,8 @@ const SPAN_PARALLEL: usize = 4;
 /// Pieces of one read from verified copies worth a second thread (a 4 MiB
 /// read spans sixteen 256 KiB chunks).
 const PARALLEL_VERIFIED_MIN: usize = 4;
+/// Format 2: frames fetched alone kept in memory (64 KiB frames: 4 MiB).
+const RECENT_FRAMES: usize = 64;
 /// Threads fetching ahead of sequential streams.
 const AHEAD_THREADS: usize = 4;
 /// Read-ahead window of a stream: starts at twice its read size (at least
@@ -67,40 +69,72 @@ fn block_digest(block: &[u8]) -> BlockDigest {
     out
 }
 
-/// A chunk this process verified, and where its plain copy lives.
+/// A chunk whose plain copy in the local cache can be read piecewise,
+/// each piece checked: format 1, a chunk this process verified (digests
+/// it computed); format 2, any cached chunk (the index's frame digests).
 #[derive(Debug)]
 struct Verified {
     path: PathBuf,
-    blocks: Box<[BlockDigest]>,
-    /// Of the whole chunk: one BLAKE3 over many blocks runs several times
-    /// faster than a hash per block (it hashes 1 KiB pieces side by side).
-    whole: BlockDigest,
+    digests: Digests,
+}
+
+#[derive(Debug)]
+enum Digests {
+    /// Computed when this process verified the chunk (format 1).
+    Learned {
+        blocks: Box<[BlockDigest]>,
+        /// Of the whole chunk: one BLAKE3 over many blocks runs several
+        /// times faster than a hash per block (it hashes 1 KiB pieces side
+        /// by side).
+        whole: BlockDigest,
+    },
+    /// The signed index's, per frame of `2^shift` bytes (format 2).
+    Frames { frames: Arc<ChunkFrames>, shift: u8 },
 }
 
 impl Verified {
     fn new(path: PathBuf, plain: &[u8]) -> Self {
         Self {
             path,
-            blocks: plain.chunks(BLOCK).map(block_digest).collect(),
-            whole: block_digest(plain),
+            digests: Digests::Learned {
+                blocks: plain.chunks(BLOCK).map(block_digest).collect(),
+                whole: block_digest(plain),
+            },
+        }
+    }
+
+    fn framed(path: PathBuf, frames: Arc<ChunkFrames>, shift: u8) -> Self {
+        Self {
+            path,
+            digests: Digests::Frames { frames, shift },
         }
     }
 
     /// Fills `dst` from `within` bytes into the chunk (`chunk_len` long),
-    /// reading whole blocks from the plain copy and checking each.
+    /// reading whole blocks (frames) from the plain copy and checking each.
     fn read(&self, chunk_len: usize, within: usize, dst: &mut [u8]) -> io::Result<()> {
-        let first = within / BLOCK;
-        let start = first * BLOCK;
-        let end = (within + dst.len()).div_ceil(BLOCK) * BLOCK;
+        let unit = match &self.digests {
+            Digests::Learned { .. } => BLOCK,
+            Digests::Frames { shift, .. } => 1 << shift,
+        };
+        let first = within / unit;
+        let start = first * unit;
+        let end = (within + dst.len()).div_ceil(unit) * unit;
         let end = end.min(chunk_len);
         let file = std::fs::File::open(&self.path)?;
         let check = |data: &[u8]| -> io::Result<()> {
-            let good = if data.len() == chunk_len {
-                block_digest(data) == self.whole
-            } else {
-                data.chunks(BLOCK)
-                    .zip(&self.blocks[first..])
-                    .all(|(block, digest)| block_digest(block) == *digest)
+            let good = match &self.digests {
+                Digests::Learned { whole, .. } if data.len() == chunk_len => {
+                    block_digest(data) == *whole
+                }
+                Digests::Learned { blocks, .. } => data
+                    .chunks(BLOCK)
+                    .zip(&blocks[first..])
+                    .all(|(block, digest)| block_digest(block) == *digest),
+                Digests::Frames { frames, .. } => data
+                    .chunks(unit)
+                    .zip(&frames.digests[first..])
+                    .all(|(frame, digest)| chunk::frame_digest(frame) == *digest),
             };
             if good {
                 Ok(())
@@ -140,6 +174,9 @@ pub enum ReadError {
 
 type ChunkResult = Result<Arc<Vec<u8>>, ReadError>;
 
+/// A frame fetched alone: (chunk, frame number) and its plain content.
+type RecentFrame = ((ChunkId, usize), Arc<Vec<u8>>);
+
 /// The reader: its state is shared with the read-ahead threads, which it
 /// stops and joins when dropped.
 #[derive(Debug)]
@@ -150,12 +187,14 @@ pub struct ImageReader<S: ChunkStore + 'static> {
 
 #[derive(Debug)]
 struct Shared<S> {
-    index: Arc<IndexV1>,
+    index: Arc<Index>,
     store: VerifyingStore<S>,
     /// Most recent last.
     recent: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
     /// Chunks verified by this process whose plain copy is local.
     verified: Mutex<HashMap<ChunkId, Arc<Verified>>>,
+    /// Format 2: frames fetched alone recently, most recent last.
+    recent_frames: Mutex<std::collections::VecDeque<RecentFrame>>,
     inflight: InFlight,
     trace: Trace,
     stats: Counters,
@@ -350,6 +389,7 @@ struct Counters {
     fetched: AtomicU64,
     ahead: AtomicU64,
     ahead_fetched: AtomicU64,
+    partial: AtomicU64,
 }
 
 /// Which tier served the chunk pieces of reads so far (a read spanning
@@ -366,6 +406,8 @@ pub struct ReaderStats {
     pub ahead: u64,
     /// Chunks the read-ahead threads fetched (some may never be read).
     pub ahead_fetched: u64,
+    /// Format 2: fetched as a run of frames (an HTTP Range), not whole.
+    pub partial: u64,
 }
 
 /// A chunk that no source could supply in good shape.
@@ -377,13 +419,14 @@ pub struct BadChunk {
 }
 
 impl<S: ChunkStore + 'static> ImageReader<S> {
-    pub fn new(index: Arc<IndexV1>, store: VerifyingStore<S>) -> Self {
+    pub fn new(index: Arc<Index>, store: VerifyingStore<S>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 index,
                 store,
                 recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
                 verified: Mutex::new(HashMap::new()),
+                recent_frames: Mutex::new(std::collections::VecDeque::new()),
                 inflight: InFlight::default(),
                 trace: Trace::default(),
                 stats: Counters::default(),
@@ -393,7 +436,7 @@ impl<S: ChunkStore + 'static> ImageReader<S> {
         }
     }
 
-    pub fn index(&self) -> &IndexV1 {
+    pub fn index(&self) -> &Index {
         &self.shared.index
     }
 
@@ -413,6 +456,7 @@ impl<S: ChunkStore + 'static> ImageReader<S> {
             fetched: stats.fetched.load(Ordering::Relaxed),
             ahead: stats.ahead.load(Ordering::Relaxed),
             ahead_fetched: stats.ahead_fetched.load(Ordering::Relaxed),
+            partial: stats.partial.load(Ordering::Relaxed),
         }
     }
 
@@ -664,16 +708,43 @@ impl<S: ChunkStore> Shared<S> {
     /// store has a local plain copy of it.
     fn learn(&self, chunk: &ChunkRef, plain: &[u8]) {
         if let Some(path) = self.store.plain_file(chunk) {
-            let verified = Arc::new(Verified::new(path, plain));
-            lock(&self.verified).insert(chunk.id, verified);
+            let verified = match self.framed_verified(chunk, path.clone()) {
+                Some(framed) => framed,
+                None => Verified::new(path, plain),
+            };
+            lock(&self.verified).insert(chunk.id, Arc::new(verified));
         }
+    }
+
+    /// Format 2: a cached chunk checks against the index's frame digests,
+    /// with nothing to learn first (a restarted reader reads its cache at
+    /// once, no SHA-1 pass).
+    fn framed_verified(&self, chunk: &ChunkRef, path: PathBuf) -> Option<Verified> {
+        let frames = self.index.chunk_frames(&chunk.id)?;
+        Some(Verified::framed(
+            path,
+            Arc::clone(frames),
+            chunk.frame_shift?,
+        ))
+    }
+
+    /// The verified-tier entry of `chunk`: known, or (format 2) any plain
+    /// copy the cache has.
+    fn verified_entry(&self, chunk: &ChunkRef) -> Option<Arc<Verified>> {
+        if let Some(known) = lock(&self.verified).get(&chunk.id).cloned() {
+            return Some(known);
+        }
+        chunk.frame_shift?;
+        let framed = Arc::new(self.framed_verified(chunk, self.store.plain_file(chunk)?)?);
+        lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
+        Some(framed)
     }
 
     /// Reads a piece of chunk `chunk` from its verified local copy; false
     /// if there is none or it no longer matches (the caller falls back to
     /// the store, which drops a bad copy).
     fn read_verified(&self, chunk: &ChunkRef, within: usize, dst: &mut [u8]) -> bool {
-        let Some(verified) = lock(&self.verified).get(&chunk.id).cloned() else {
+        let Some(verified) = self.verified_entry(chunk) else {
             return false;
         };
         match verified.read(chunk.len as usize, within, dst) {
@@ -758,14 +829,14 @@ impl<S: ChunkStore> Shared<S> {
                 return Ok(value);
             }
         } else {
-            let verified = lock(&self.verified).get(&chunk.id).cloned();
+            let verified = self.verified_entry(chunk);
             if let Some(value) = verified.as_deref().map(Have::Verified).and_then(known) {
                 return Ok(value);
             }
         }
         let data = self
             .store
-            .read_chunk(chunk)
+            .read_chunk(chunk, self.index.chunk_frames(&chunk.id).map(|f| &**f))
             .map_err(|source| ReadError::Chunk { index: i, source })?;
         if learn {
             self.learn(chunk, &data);
@@ -821,7 +892,7 @@ impl<S: ChunkStore> Shared<S> {
         self.trace.record(&touched);
         // Chunks verified earlier: blocks from their local copies, checked;
         // a wide read uses both cores.
-        let mut missing = if pending.len() >= PARALLEL_VERIFIED_MIN {
+        let missing = if pending.len() >= PARALLEL_VERIFIED_MIN {
             let half = pending.len() / 2;
             let second = pending.split_off(half);
             std::thread::scope(|scope| {
@@ -836,6 +907,13 @@ impl<S: ChunkStore> Shared<S> {
         } else {
             self.fill_verified(pending)
         };
+        // Format 2, small pieces: just their frames (an HTTP Range).
+        let (partial, mut missing): (Vec<_>, Vec<_>) = missing
+            .into_iter()
+            .partition(|piece| self.partial_pays(piece));
+        for mut piece in partial {
+            self.fill_frames(&mut piece)?;
+        }
         // The rest: fetched, decompressed and verified whole.
         self.stats
             .fetched
@@ -851,6 +929,79 @@ impl<S: ChunkStore> Shared<S> {
             let data = result?;
             piece.fill_from(&data);
             self.remember(piece.index, data);
+        }
+        Ok(())
+    }
+
+    /// Whether `piece` is better served by fetching its frames alone than
+    /// its whole chunk: format 2, a source that serves ranges, and at most
+    /// half the chunk's bytes.
+    fn partial_pays(&self, piece: &Piece<'_>) -> bool {
+        let Some(shift) = piece.chunk.frame_shift else {
+            return false;
+        };
+        let (first, last) = frame_span(piece.within, piece.dst.len(), shift);
+        ((last - first + 1) << shift) <= piece.chunk.len as usize / 2 && self.store.ranges_pay()
+    }
+
+    /// Fills a piece of a format-2 chunk from its frames: those decoded
+    /// recently, else one partial fetch of the run of frames it covers,
+    /// each frame verified against the index on arrival.
+    fn fill_frames(&self, piece: &mut Piece<'_>) -> Result<(), ReadError> {
+        let chunk = piece.chunk;
+        let shift = chunk.frame_shift.unwrap_or(0);
+        let (first, last) = frame_span(piece.within, piece.dst.len(), shift);
+        let index = piece.index;
+        let frames = self
+            .index
+            .chunk_frames(&chunk.id)
+            .ok_or_else(|| ReadError::Chunk {
+                index,
+                source: crate::store::StoreError::Corrupt {
+                    chunk: chunk.id,
+                    source_name: "the index".into(),
+                    source: crate::chunk::ChunkError::Frames("no frame table".into()),
+                },
+            })?;
+        let mut run: Vec<Arc<Vec<u8>>> = Vec::with_capacity(last - first + 1);
+        {
+            let memory = lock(&self.recent_frames);
+            for f in first..=last {
+                match memory.iter().find(|(key, _)| *key == (chunk.id, f)) {
+                    Some((_, data)) => run.push(Arc::clone(data)),
+                    None => break,
+                }
+            }
+        }
+        if run.len() == last - first + 1 {
+            self.stats.memory.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let plain = self
+                .store
+                .read_frames(&chunk, frames, first..last + 1)
+                .map_err(|source| ReadError::Chunk { index, source })?;
+            self.stats.partial.fetch_add(1, Ordering::Relaxed);
+            run.clear();
+            let mut memory = lock(&self.recent_frames);
+            let mut at = 0;
+            for f in first..=last {
+                let len = chunk.frame_len(f);
+                let data = Arc::new(plain[at..at + len].to_vec());
+                at += len;
+                if memory.len() >= RECENT_FRAMES {
+                    memory.pop_front();
+                }
+                memory.push_back(((chunk.id, f), Arc::clone(&data)));
+                run.push(data);
+            }
+        }
+        let mut pos = piece.within - (first << shift);
+        let mut out = 0;
+        for frame in run {
+            let take = (frame.len() - pos).min(piece.dst.len() - out);
+            piece.dst[out..out + take].copy_from_slice(&frame[pos..pos + take]);
+            out += take;
+            pos = 0;
         }
         Ok(())
     }
@@ -976,7 +1127,10 @@ impl<S: ChunkStore> Shared<S> {
                 scope.spawn(|| loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(chunk) = unique.get(k) else { break };
-                    if let Err(error) = self.store.read_chunk(chunk) {
+                    if let Err(error) = self
+                        .store
+                        .read_chunk(chunk, self.index.chunk_frames(&chunk.id).map(|f| &**f))
+                    {
                         lock(&bad).push(BadChunk {
                             index: positions.get(&chunk.id).copied().unwrap_or(0),
                             id: chunk.id,
@@ -993,6 +1147,12 @@ impl<S: ChunkStore> Shared<S> {
         bad.sort_by_key(|b| b.index);
         bad
     }
+}
+
+/// The first and last frames (of `2^shift` bytes) that bytes
+/// `within..within + len` of a chunk touch; `len` > 0.
+fn frame_span(within: usize, len: usize, shift: u8) -> (usize, usize) {
+    (within >> shift, (within + len - 1) >> shift)
 }
 
 /// Locks `mutex`, taking over a poisoned one: every critical section here
