@@ -322,12 +322,16 @@ log_has() { grep -q "$2" "$1" 2>/dev/null; }
 # Starts `circ cas nbd` on a cache directory; sets `circ_pid`.
 start_circ_nbd() {
     local cache=$1 sock=$work/circ.sock log=$work/circ-nbd.log
-    rm -f "$sock"
+    # The log goes before the server starts: its `>` runs in the background
+    # job, and the previous server's "serving" line must not be taken for
+    # this one's (a race that failed a run on a loaded host).
+    rm -f "$sock" "$log"
     timeout 900 "$circ" cas nbd "http://127.0.0.1:$port/store/indexes/img.cidx" --socket "$sock" \
         --read-only --pubkey "$work/key.pub" --cache "$cache" --state-dir "$work/state" >"$log" 2>&1 &
     circ_pid=$!
     pids+=("$circ_pid")
     wait_for 30 "circ cas nbd" log_has "$log" '^serving'
+    wait_for 5 "circ cas nbd's socket" sock_ready "$sock"
 }
 
 bench_reads() {
