@@ -193,6 +193,9 @@ struct Shared<S> {
     recent: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
     /// Chunks verified by this process whose plain copy is local.
     verified: Mutex<HashMap<ChunkId, Arc<Verified>>>,
+    /// Chunks whose cached copy failed a check: read whole until a fetch
+    /// has replaced it.
+    suspect: Mutex<HashSet<ChunkId>>,
     /// Format 2: frames fetched alone recently, most recent last.
     recent_frames: Mutex<std::collections::VecDeque<RecentFrame>>,
     inflight: InFlight,
@@ -426,6 +429,7 @@ impl<S: ChunkStore + 'static> ImageReader<S> {
                 store,
                 recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
                 verified: Mutex::new(HashMap::new()),
+                suspect: Mutex::new(HashSet::new()),
                 recent_frames: Mutex::new(std::collections::VecDeque::new()),
                 inflight: InFlight::default(),
                 trace: Trace::default(),
@@ -714,6 +718,7 @@ impl<S: ChunkStore> Shared<S> {
             };
             lock(&self.verified).insert(chunk.id, Arc::new(verified));
         }
+        lock(&self.suspect).remove(&chunk.id);
     }
 
     /// Format 2: a cached chunk checks against the index's frame digests,
@@ -735,6 +740,9 @@ impl<S: ChunkStore> Shared<S> {
             return Some(known);
         }
         chunk.frame_shift?;
+        if lock(&self.suspect).contains(&chunk.id) {
+            return None;
+        }
         let framed = Arc::new(self.framed_verified(chunk, self.store.plain_file(chunk)?)?);
         lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
         Some(framed)
@@ -757,6 +765,10 @@ impl<S: ChunkStore> Shared<S> {
                     tracing::debug!(chunk = %chunk.id, %error, "verified copy unreadable");
                 }
                 lock(&self.verified).remove(&chunk.id);
+                // Until a whole fetch replaces the cached copy (the cache
+                // drops a bad copy when it checks it), this chunk is read
+                // whole, not from that copy nor by frames.
+                lock(&self.suspect).insert(chunk.id);
                 false
             }
         }
@@ -941,7 +953,9 @@ impl<S: ChunkStore> Shared<S> {
             return false;
         };
         let (first, last) = frame_span(piece.within, piece.dst.len(), shift);
-        ((last - first + 1) << shift) <= piece.chunk.len as usize / 2 && self.store.ranges_pay()
+        ((last - first + 1) << shift) <= piece.chunk.len as usize / 2
+            && self.store.ranges_pay()
+            && !lock(&self.suspect).contains(&piece.chunk.id)
     }
 
     /// Fills a piece of a format-2 chunk from its frames: those decoded

@@ -741,6 +741,49 @@ fn v2_falls_back_to_whole_chunks_without_range_support() {
 }
 
 #[test]
+fn v2_a_damaged_cached_copy_is_replaced_not_worked_around() {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    // Every chunk in the cache, then a new reader on it.
+    assert_eq!(read_all(&opts).unwrap(), data);
+    let opened = client::open(&opts).unwrap();
+    let reader = &opened.reader;
+    let index = fx.index();
+    let id = index.unique_chunks()[0].id;
+    let pos = (0..index.chunk_count())
+        .find(|&i| index.chunks[i] == Some(id))
+        .unwrap();
+    // flip_byte flips the middle of the file: the first byte of frame 4.
+    flip_byte(&fx.cached_chunk_file(0));
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096], "offset {offset}");
+    };
+    let damaged = pos * 65_536 + 32_768;
+    read(damaged);
+    let stats = reader.stats();
+    // Fetched whole (the cache dropped its bad copy and kept the new one),
+    // not by frames from the network with the bad copy left in place.
+    assert_eq!((stats.fetched, stats.partial), (1, 0), "{stats:?}");
+    server.stop();
+    // Offline, a new reader: the block comes from the new cached copy.
+    let again = client::open(&opts).unwrap();
+    let mut buf = vec![0u8; 4096];
+    again.reader.read_at(damaged as u64, &mut buf).unwrap();
+    assert!(buf == data[damaged..damaged + 4096]);
+    assert_eq!(
+        again.reader.stats().verified,
+        1,
+        "{:?}",
+        again.reader.stats()
+    );
+}
+
+#[test]
 fn cache_stays_within_its_budget() {
     let fx = Fixture::new();
     let data = image(8 * 65_536);
