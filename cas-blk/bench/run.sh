@@ -190,6 +190,19 @@ bench_pack() {
     pack_t_casync=$t_casync
     pack_line=$(tail -n1 "$work/pack.log")
     pack_store_bytes=$(du -sb "$work/store/chunks" | cut -f1)
+    # Format 2 (the default) beside format 1: stored size, index included.
+    pack_v1_bytes=""
+    if "$circ" cas pack --help 2>/dev/null | grep -q -- '--format'; then
+        rm -rf "$work/store-v1"
+        timed "$work/pack-v1.log" timeout 300 "$circ" cas pack "$image" "$work/store-v1" \
+            --key "$work/key" --name img --chunk-size "$chunk" --no-sync --format 1
+        pack_t_v1=$elapsed
+        pack_v1_bytes=$(du -sb --apparent-size "$work/store-v1" | cut -f1)
+        pack_v2_bytes=$(du -sb --apparent-size "$work/store" | cut -f1)
+        pack_v1_index=$(stat -c %s "$work/store-v1/indexes/img.cidx")
+        pack_v2_index=$(stat -c %s "$work/store/indexes/img.cidx")
+        rm -rf "$work/store-v1"
+    fi
     pack_casync_bytes=$(du -sb "$work/casync/store.castr" | cut -f1)
     pack_casync_chunks=$(find "$work/casync/store.castr" -type f -name '*.cacnk' | wc -l)
 }
@@ -309,12 +322,16 @@ log_has() { grep -q "$2" "$1" 2>/dev/null; }
 # Starts `circ cas nbd` on a cache directory; sets `circ_pid`.
 start_circ_nbd() {
     local cache=$1 sock=$work/circ.sock log=$work/circ-nbd.log
-    rm -f "$sock"
+    # The log goes before the server starts: its `>` runs in the background
+    # job, and the previous server's "serving" line must not be taken for
+    # this one's (a race that failed a run on a loaded host).
+    rm -f "$sock" "$log"
     timeout 900 "$circ" cas nbd "http://127.0.0.1:$port/store/indexes/img.cidx" --socket "$sock" \
         --read-only --pubkey "$work/key.pub" --cache "$cache" --state-dir "$work/state" >"$log" 2>&1 &
     circ_pid=$!
     pids+=("$circ_pid")
     wait_for 30 "circ cas nbd" log_has "$log" '^serving'
+    wait_for 5 "circ cas nbd's socket" sock_ready "$sock"
 }
 
 bench_reads() {
@@ -419,6 +436,14 @@ report() {
     local pr
     pr=$(calc "$pack_circ_mbs / $pack_casync_mbs")
     printf '%-34s %10s %10.2fx  target >= 2x: %s\n' "circ / casync" "" "$pr" "$(verdict "$pr" ">=" 2)"
+    if [[ -n $pack_v1_bytes ]]; then
+        local sr
+        sr=$(calc "$pack_v2_bytes / $pack_v1_bytes")
+        echo "   store by index format (chunks + index, apparent bytes), 256K chunks, zstd:"
+        printf '   format 1 %.1f MB (index %.2f MB, pack %.2f s); format 2 (64K frames) %.1f MB (index %.2f MB): %.3fx  target <= 1.1x: %s\n' \
+            "$(calc "$pack_v1_bytes / 1e6")" "$(calc "$pack_v1_index / 1e6")" "$pack_t_v1" \
+            "$(calc "$pack_v2_bytes / 1e6")" "$(calc "$pack_v2_index / 1e6")" "$sr" "$(verdict "$sr" "<=" 1.1)"
+    fi
 
     echo
     echo "2. reads with qemu-io (one client, one request at a time), MB/s or IOPS net of qemu-io start-up"

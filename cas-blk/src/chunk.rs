@@ -225,15 +225,41 @@ pub struct ChunkRef {
     pub compression: Compression,
     /// Uncompressed length: the chunk size, or less for an image's last chunk.
     pub len: u32,
+    /// Format 2: the chunk is stored as frames of `2^shift` bytes each
+    /// compressed on its own, checked against the index's frame digests.
+    /// `None`: format 1, one compressed stream named by its SHA-1.
+    pub frame_shift: Option<u8>,
 }
 
 impl ChunkRef {
+    /// Path of the stored object relative to the store root.
+    pub fn path(&self) -> String {
+        match self.frame_shift {
+            None => crate::layout::chunk_path(&self.id, self.compression),
+            Some(shift) => crate::layout::framed_chunk_path(&self.id, self.compression, shift),
+        }
+    }
+
+    /// Number of frames (format 2), 1 for format 1.
+    pub fn frame_count(&self) -> usize {
+        match self.frame_shift {
+            None => 1,
+            Some(shift) => (self.len as usize).div_ceil(1 << shift),
+        }
+    }
+
+    /// Plain length of frame `f`.
+    pub fn frame_len(&self, f: usize) -> usize {
+        let size = self.frame_shift.map_or(self.len as usize, |s| 1usize << s);
+        (self.len as usize).saturating_sub(f * size).min(size)
+    }
+
     /// Upper bound on a stored chunk's size: anything larger is refused
     /// before it is read whole. Covers zstd's and zlib's worst-case
     /// expansion of incompressible data.
     pub fn max_stored_len(&self) -> u64 {
         let len = u64::from(self.len);
-        len + len / 64 + 1024
+        len + len / 64 + 1024 * self.frame_count() as u64
     }
 }
 
@@ -262,6 +288,10 @@ pub enum ChunkError {
     Length { expected: u32, got: u64 },
     #[error("content hashes to {got}, expected {expected}")]
     HashMismatch { expected: ChunkId, got: ChunkId },
+    #[error("frame {frame} does not match the index's digest")]
+    FrameMismatch { frame: usize },
+    #[error("frames do not fit: {0}")]
+    Frames(String),
     #[error("content carries a SHA-1 collision attack")]
     CollisionAttack,
     #[error("{compression} compression failed")]
@@ -343,6 +373,200 @@ pub fn decode_verified(chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, Chunk
     Ok(plain)
 }
 
+/// Digest of a frame's plain content in a format-2 index: BLAKE3, full 256
+/// bits (the index is signed; these are what binds content to it).
+pub type FrameDigest = [u8; 32];
+
+pub fn frame_digest(plain: &[u8]) -> FrameDigest {
+    *blake3::hash(plain).as_bytes()
+}
+
+/// How a format-2 chunk is stored: each frame's stored (compressed) length
+/// and the digest of its plain content, from the signed index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkFrames {
+    pub stored_lens: Vec<u32>,
+    pub digests: Vec<FrameDigest>,
+    /// `offsets[f]`: where frame `f` starts in the stored object; one more
+    /// entry, the object's length.
+    offsets: Vec<u64>,
+}
+
+impl ChunkFrames {
+    pub fn new(stored_lens: Vec<u32>, digests: Vec<FrameDigest>) -> Self {
+        let mut offsets = Vec::with_capacity(stored_lens.len() + 1);
+        let mut at = 0u64;
+        offsets.push(0);
+        for &len in &stored_lens {
+            at += u64::from(len);
+            offsets.push(at);
+        }
+        Self {
+            stored_lens,
+            digests,
+            offsets,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.stored_lens.len()
+    }
+
+    /// Byte range of frames `frames` in the stored object.
+    pub fn stored_range(&self, frames: std::ops::Range<usize>) -> std::ops::Range<u64> {
+        self.offsets[frames.start]..self.offsets[frames.end]
+    }
+
+    pub fn stored_total(&self) -> u64 {
+        self.offsets[self.count()]
+    }
+}
+
+/// Largest stored frame accepted for a plain frame of `len` bytes (zstd's
+/// and zlib's worst-case expansion, with room).
+pub fn max_stored_frame_len(len: usize) -> u64 {
+    let len = len as u64;
+    len + len / 64 + 1024
+}
+
+/// Compresses `plain` frame by frame (`2^frame_shift` bytes each):
+/// returns the stored object and each frame's stored length and digest.
+pub fn compress_frames(
+    compression: Compression,
+    plain: &[u8],
+    frame_shift: u8,
+) -> Result<(Vec<u8>, ChunkFrames), ChunkError> {
+    let mut stored = Vec::with_capacity(plain.len() / 2);
+    let mut lens = Vec::new();
+    let mut digests = Vec::new();
+    for frame in plain.chunks(1 << frame_shift) {
+        let packed = compress(compression, frame)?;
+        lens.push(packed.len() as u32);
+        digests.push(frame_digest(frame));
+        stored.extend_from_slice(&packed);
+    }
+    Ok((stored, ChunkFrames::new(lens, digests)))
+}
+
+/// The stored length of each frame of an existing format-2 object (a
+/// store's copy, when re-packing): its frames decoded one by one.
+pub fn frame_lens_of(chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u32>, ChunkError> {
+    let wrap = |source| ChunkError::Decompress {
+        compression: chunk.compression,
+        source,
+    };
+    let mut lens = Vec::with_capacity(chunk.frame_count());
+    let mut at = 0usize;
+    for f in 0..chunk.frame_count() {
+        let rest = &stored[at..];
+        let len = match chunk.compression {
+            Compression::None if rest.len() < chunk.frame_len(f) => {
+                return Err(ChunkError::Length {
+                    expected: chunk.len,
+                    got: stored.len() as u64,
+                })
+            }
+            Compression::None => chunk.frame_len(f),
+            Compression::Zstd => zstd::zstd_safe::find_frame_compressed_size(rest)
+                .map_err(|code| wrap(io::Error::other(zstd::zstd_safe::get_error_name(code))))?,
+            Compression::Zlib => {
+                let mut inflate = flate2::Decompress::new(true);
+                let mut sink = vec![0u8; chunk.frame_len(f)];
+                inflate
+                    .decompress(rest, &mut sink, flate2::FlushDecompress::Finish)
+                    .map_err(|e| wrap(io::Error::other(e)))?;
+                inflate.total_in() as usize
+            }
+        };
+        lens.push(len as u32);
+        at += len;
+    }
+    if at != stored.len() {
+        return Err(ChunkError::Length {
+            expected: at as u32,
+            got: stored.len() as u64,
+        });
+    }
+    Ok(lens)
+}
+
+/// Turns stored frames `frames` of a format-2 chunk (`stored`, which
+/// starts `at` bytes into the object and covers at least those frames)
+/// into their verified plain content: each frame's stored length must be
+/// the index's, it must decompress (bounded) to exactly its plain length,
+/// and its BLAKE3 must be the index's.
+pub fn decode_frames_verified(
+    chunk: &ChunkRef,
+    layout: &ChunkFrames,
+    frames: std::ops::Range<usize>,
+    at: u64,
+    stored: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    if frames.end > layout.count() || layout.count() != chunk.frame_count() {
+        return Err(ChunkError::Frames(format!(
+            "frames {frames:?} of a chunk of {} frames (index: {})",
+            chunk.frame_count(),
+            layout.count()
+        )));
+    }
+    let range = layout.stored_range(frames.clone());
+    let end = at + stored.len() as u64;
+    if range.start < at || range.end > end {
+        return Err(ChunkError::Frames(format!(
+            "got stored bytes {at}..{end}, frames need {range:?}"
+        )));
+    }
+    let mut plain = Vec::with_capacity(frames.len() << chunk.frame_shift.unwrap_or(0));
+    for f in frames {
+        let r = layout.stored_range(f..f + 1);
+        let piece = &stored[(r.start - at) as usize..(r.end - at) as usize];
+        let want = chunk.frame_len(f);
+        if piece.len() as u64 > max_stored_frame_len(want) {
+            return Err(ChunkError::StoredTooLarge {
+                len: piece.len() as u64,
+                max: max_stored_frame_len(want),
+            });
+        }
+        let frame_ref = ChunkRef {
+            len: want as u32,
+            frame_shift: None,
+            ..*chunk
+        };
+        let start = plain.len();
+        plain.extend_from_slice(&decompress(&frame_ref, piece)?);
+        if frame_digest(&plain[start..]) != layout.digests[f] {
+            return Err(ChunkError::FrameMismatch { frame: f });
+        }
+    }
+    Ok(plain)
+}
+
+/// A whole format-2 chunk, verified frame by frame: from its stored object,
+/// or from a plain copy (`chunk.compression` none: a cache's copy).
+pub fn decode_framed_chunk(
+    chunk: &ChunkRef,
+    layout: &ChunkFrames,
+    stored: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    if chunk.compression == Compression::None {
+        // Plain frames (an uncompressed image, or a cache's plain copy).
+        if stored.len() != chunk.len as usize {
+            return Err(ChunkError::Length {
+                expected: chunk.len,
+                got: stored.len() as u64,
+            });
+        }
+        let size = 1usize << chunk.frame_shift.unwrap_or(0);
+        for (f, frame) in stored.chunks(size).enumerate() {
+            if layout.digests.get(f) != Some(&frame_digest(frame)) {
+                return Err(ChunkError::FrameMismatch { frame: f });
+            }
+        }
+        return Ok(stored.to_vec());
+    }
+    decode_frames_verified(chunk, layout, 0..layout.count(), 0, stored)
+}
+
 /// True if every byte is zero. Such chunks are never stored nor fetched.
 pub fn is_zero(buf: &[u8]) -> bool {
     // OR-folding fixed blocks vectorises well, unlike an early-exit `all`.
@@ -392,6 +616,7 @@ mod tests {
                 id: ChunkId::of_trusted(&plain),
                 compression,
                 len: plain.len() as u32,
+                frame_shift: None,
             };
             let stored = compress(compression, &plain).unwrap();
             assert_eq!(decode_verified(&chunk, &stored).unwrap(), plain);
@@ -405,6 +630,7 @@ mod tests {
             id: ChunkId::of_trusted(&plain),
             compression: Compression::None,
             len: 4096,
+            frame_shift: None,
         };
         let mut bad = plain.clone();
         bad[100] ^= 1;
@@ -425,6 +651,7 @@ mod tests {
             id: ChunkId::of_trusted(&big[..4096]),
             compression: Compression::Zstd,
             len: 4096,
+            frame_shift: None,
         };
         let bomb = compress(Compression::Zstd, &big).unwrap();
         assert!(decode_verified(&chunk, &bomb).is_err());
@@ -444,6 +671,61 @@ mod tests {
             decode_verified(&chunk, &oversized),
             Err(ChunkError::StoredTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn frames_round_trip_verify_alone_and_refuse_damage() {
+        let plain = sample(5 * 4096 + 100);
+        for compression in [Compression::None, Compression::Zlib, Compression::Zstd] {
+            let chunk = ChunkRef {
+                id: ChunkId::of_trusted(&plain),
+                compression,
+                len: plain.len() as u32,
+                frame_shift: Some(12),
+            };
+            let (stored, frames) = compress_frames(compression, &plain, 12).unwrap();
+            assert_eq!(frames.count(), 6);
+            assert_eq!(frames.stored_total(), stored.len() as u64);
+            assert_eq!(frame_lens_of(&chunk, &stored).unwrap(), frames.stored_lens);
+            assert_eq!(
+                decode_framed_chunk(&chunk, &frames, &stored).unwrap(),
+                plain
+            );
+            // Frames 2..5 alone, from exactly their bytes or from the
+            // whole object.
+            let range = frames.stored_range(2..5);
+            let part = &stored[range.start as usize..range.end as usize];
+            let want = &plain[2 * 4096..5 * 4096];
+            assert_eq!(
+                decode_frames_verified(&chunk, &frames, 2..5, range.start, part).unwrap(),
+                want
+            );
+            assert_eq!(
+                decode_frames_verified(&chunk, &frames, 2..5, 0, &stored).unwrap(),
+                want
+            );
+            // Too few bytes for the frames: refused, not read past.
+            assert!(matches!(
+                decode_frames_verified(&chunk, &frames, 2..5, range.start, &part[1..]),
+                Err(ChunkError::Frames(_))
+            ));
+            // A damaged byte in frame 3: that frame is refused.
+            let mut bad = part.to_vec();
+            let in_frame3 = (frames.stored_range(3..4).start - range.start) as usize + 2;
+            bad[in_frame3] ^= 0x40;
+            assert!(decode_frames_verified(&chunk, &frames, 2..5, range.start, &bad).is_err());
+            // The plain copy of a cache checks frame by frame too.
+            let plain_chunk = ChunkRef {
+                compression: Compression::None,
+                ..chunk
+            };
+            let mut damaged = plain.clone();
+            damaged[4096 * 4 + 1] ^= 1;
+            assert!(matches!(
+                decode_framed_chunk(&plain_chunk, &frames, &damaged),
+                Err(ChunkError::FrameMismatch { frame: 4 })
+            ));
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use ed25519_dalek::VerifyingKey;
 use sha2::Digest as _;
 
-use crate::index::{IndexError, IndexV1};
+use crate::index::{Index, IndexError};
 use crate::layout;
 use crate::pin::{PinError, PinStore};
 use crate::prefetch;
@@ -198,7 +198,7 @@ enum Refusal {
 /// the image asked for. Its generation is not checked here ([`open`] does).
 #[derive(Debug)]
 pub struct VerifiedIndex {
-    pub index: IndexV1,
+    pub index: Index,
     /// The exact bytes verified: what a measurement or a pin hashes.
     pub bytes: Vec<u8>,
     /// Where it came from (a location, or the cache's copy).
@@ -337,7 +337,7 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
 /// with a warning: it is only a hint.
 fn boot_files(
     opts: &OpenOptions,
-    index: &IndexV1,
+    index: &Index,
     root: &str,
     http: Option<&HttpStore>,
 ) -> BootFiles {
@@ -386,8 +386,8 @@ fn fetch_index(opts: &OpenOptions, http: Option<&HttpStore>) -> Result<VerifiedI
         name: asked.to_owned(),
         reason,
     })?;
-    let parse = |bytes: Vec<u8>| -> Result<(IndexV1, Vec<u8>), Refusal> {
-        let index = IndexV1::parse_verified(&bytes, &opts.public_key)?;
+    let parse = |bytes: Vec<u8>| -> Result<(Index, Vec<u8>), Refusal> {
+        let index = Index::parse_verified(&bytes, &opts.public_key)?;
         if index.name != asked {
             return Err(Refusal::OtherImage {
                 asked: asked.to_owned(),
@@ -411,7 +411,7 @@ fn fetch_index(opts: &OpenOptions, http: Option<&HttpStore>) -> Result<VerifiedI
             },
         })
     };
-    let verified = |(index, bytes): (IndexV1, Vec<u8>), source: String| VerifiedIndex {
+    let verified = |(index, bytes): (Index, Vec<u8>), source: String| VerifiedIndex {
         index,
         bytes,
         source,
@@ -438,7 +438,7 @@ fn fetch_index(opts: &OpenOptions, http: Option<&HttpStore>) -> Result<VerifiedI
     }
     if let Some(http) = http {
         let (_, rel) = layout::split_index_location(location);
-        match http.fetch_file(&rel, IndexV1::MAX_ENCODED_LEN, parse) {
+        match http.fetch_file(&rel, Index::MAX_ENCODED_LEN, parse) {
             Ok(parsed) => return Ok(verified(parsed, location.to_owned())),
             Err(mut more) => failures.append(&mut more),
         }
@@ -459,6 +459,6 @@ fn fetch_index(opts: &OpenOptions, http: Option<&HttpStore>) -> Result<VerifiedI
 }
 
 fn read_index_file(path: &str) -> std::io::Result<Vec<u8>> {
-    store::dir::read_bounded(std::path::Path::new(path), IndexV1::MAX_ENCODED_LEN)?
+    store::dir::read_bounded(std::path::Path::new(path), Index::MAX_ENCODED_LEN)?
         .ok_or_else(|| std::io::Error::other("file is larger than any valid index"))
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use crate::chunk::{self, ChunkId};
-use crate::index::{IndexError, IndexV1};
+use crate::chunk::{self, ChunkId, ChunkRef};
+use crate::index::{Index, IndexError};
 use crate::keys::SecretKey;
 use crate::overlay::{Overlay, OverlayBase, OverlayError, BLOCK_SIZE};
 use crate::pack::{self, PackError};
@@ -101,6 +101,7 @@ pub fn commit<S: ChunkStore>(
     DirStore::create(store.root()).map_err(store_err)?;
     let blocks_per_chunk = u64::from(old.chunk_size.bytes()) / BLOCK_SIZE;
     let mut chunks = old.chunks.clone();
+    let mut frames = old.frames.clone();
     let (mut changed, mut new_chunks, mut new_bytes) = (0u64, 0u64, 0u64);
     for (i, entry) in chunks.iter_mut().enumerate() {
         let first = i as u64 * blocks_per_chunk;
@@ -129,13 +130,31 @@ pub fn commit<S: ChunkStore>(
         }
         changed += 1;
         if let Some(id) = &new_entry {
-            if !store.contains(id, old.compression) {
-                let stored = chunk::compress(old.compression, &content)?;
-                store
-                    .put_chunk(id, old.compression, &stored, durable)
-                    .map_err(store_err)?;
-                new_chunks += 1;
-                new_bytes += stored.len() as u64;
+            let chunk = ChunkRef {
+                id: *id,
+                compression: old.compression,
+                len: content.len() as u32,
+                frame_shift: frames.as_ref().map(|f| f.shift),
+            };
+            match &mut frames {
+                None if store.contains(id, old.compression) => {}
+                None => {
+                    let stored = chunk::compress(old.compression, &content)?;
+                    store
+                        .put_object(&chunk, &stored, durable)
+                        .map_err(store_err)?;
+                    new_chunks += 1;
+                    new_bytes += stored.len() as u64;
+                }
+                Some(table) => {
+                    let (layout, written) =
+                        pack::store_framed(store, &chunk, &content, table.shift, durable)?;
+                    table.chunks.insert(*id, std::sync::Arc::new(layout));
+                    if let Some(bytes) = written {
+                        new_chunks += 1;
+                        new_bytes += bytes;
+                    }
+                }
             }
         }
         *entry = new_entry;
@@ -144,13 +163,14 @@ pub fn commit<S: ChunkStore>(
         .generation
         .max(pack::next_generation(store, &old.name)?.saturating_sub(1))
         .saturating_add(1);
-    let index = IndexV1 {
+    let index = Index {
         name: old.name.clone(),
         generation,
         image_size: old.image_size,
         chunk_size: old.chunk_size,
         compression: old.compression,
         chunks,
+        frames,
     };
     let bytes = index.to_signed_bytes(key.signing_key())?;
     let index_path = match out {

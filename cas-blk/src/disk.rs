@@ -72,7 +72,7 @@ impl DiskError {
 /// overlay (4 KiB blocks; a partial block is completed from the image).
 /// Without an overlay the disk is read-only.
 #[derive(Debug)]
-pub struct CowDisk<S> {
+pub struct CowDisk<S: ChunkStore + 'static> {
     reader: ImageReader<S>,
     overlay: Option<Overlay>,
     /// Writes are serialised: two partial writes to one new block must not
@@ -80,7 +80,7 @@ pub struct CowDisk<S> {
     write_lock: Mutex<()>,
 }
 
-impl<S: ChunkStore> CowDisk<S> {
+impl<S: ChunkStore + 'static> CowDisk<S> {
     pub fn new(reader: ImageReader<S>, overlay: Option<Overlay>) -> Self {
         Self {
             reader,
@@ -113,7 +113,7 @@ impl<S: ChunkStore> CowDisk<S> {
     }
 }
 
-impl<S: ChunkStore> BlockDevice for CowDisk<S> {
+impl<S: ChunkStore + 'static> BlockDevice for CowDisk<S> {
     fn size(&self) -> u64 {
         self.reader.size()
     }
@@ -212,12 +212,12 @@ mod tests {
     use crate::overlay::OverlayBase;
     use crate::pack::{self, PackOptions};
     use crate::store::{DirStore, VerifyingStore};
-    use crate::IndexV1;
+    use crate::Index;
 
     const CHUNK: usize = 16 * 1024;
 
     /// A four-chunk image (chunk k filled with k + 1) packed in `dir/store`.
-    fn packed(dir: &std::path::Path) -> (Vec<u8>, IndexV1) {
+    fn packed(dir: &std::path::Path) -> (Vec<u8>, Index) {
         let image: Vec<u8> = (0..4u8)
             .flat_map(|k| std::iter::repeat_n(k + 1, CHUNK))
             .collect();
@@ -229,18 +229,17 @@ mod tests {
             compression: Compression::Zstd,
             threads: 1,
             durable: false,
+            // Format 2, four frames per chunk.
+            frame_shift: Some(12),
         };
         let store = DirStore::open(dir.join("store"));
         pack::pack(&dir.join("image"), &store, &key, &opts, &|_| {}).unwrap();
         let bytes = std::fs::read(store.index_file("img")).unwrap();
-        (
-            image,
-            IndexV1::parse_verified(&bytes, &key.public()).unwrap(),
-        )
+        (image, Index::parse_verified(&bytes, &key.public()).unwrap())
     }
 
     /// The disk as a backend sees it: a trait object, nothing more.
-    fn device(dir: &std::path::Path, index: &IndexV1, overlay: bool) -> Arc<dyn BlockDevice> {
+    fn device(dir: &std::path::Path, index: &Index, overlay: bool) -> Arc<dyn BlockDevice> {
         let reader = ImageReader::new(
             Arc::new(index.clone()),
             VerifyingStore::new(DirStore::open(dir.join("store"))),
@@ -298,13 +297,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (image, index) = packed(dir.path());
         let store = DirStore::open(dir.path().join("store"));
-        // Chunk 1 decompresses fine, to other content than its name says.
+        // Chunk 1's frames decompress fine, to other content than the
+        // index's digests.
         let mut wrong = image[CHUNK..2 * CHUNK].to_vec();
         wrong[7] ^= 1;
-        let chunk1 = store.chunk_file(&index.chunks[1].unwrap(), index.compression);
-        std::fs::write(&chunk1, zstd::encode_all(wrong.as_slice(), 3).unwrap()).unwrap();
+        let chunk1 = store.object_file(&index.chunk_ref(1).unwrap());
+        let (stored, _) = crate::chunk::compress_frames(index.compression, &wrong, 12).unwrap();
+        std::fs::write(&chunk1, stored).unwrap();
         // Chunk 2 is gone.
-        let chunk2 = store.chunk_file(&index.chunks[2].unwrap(), index.compression);
+        let chunk2 = store.object_file(&index.chunk_ref(2).unwrap());
         std::fs::remove_file(chunk2).unwrap();
 
         let disk = device(dir.path(), &index, false);

@@ -24,6 +24,24 @@ pub fn chunk_path(id: &ChunkId, compression: Compression) -> String {
     )
 }
 
+/// Path of a format-2 chunk (frames of `2^frame_shift` bytes compressed
+/// one by one): `chunks/ab/ID.f64k.zst`. The frame size is in the name so
+/// the same content packed with another frame size (or as format 1) does
+/// not clash. Uncompressed, frames are the plain content: the `.raw` file
+/// of format 1.
+pub fn framed_chunk_path(id: &ChunkId, compression: Compression, frame_shift: u8) -> String {
+    if compression == Compression::None {
+        return chunk_path(id, compression);
+    }
+    let hex = id.to_hex();
+    format!(
+        "{CHUNK_DIR}/{}/{hex}.f{}k.{}",
+        &hex[..2],
+        1u32 << (frame_shift - 10),
+        compression.extension()
+    )
+}
+
 /// Path of an image's index relative to the store root.
 pub fn index_path(name: &str) -> String {
     format!("{INDEX_DIR}/{name}.{INDEX_EXT}")
@@ -92,6 +110,14 @@ mod tests {
         assert_eq!(
             chunk_path(&id, Compression::Zstd),
             "chunks/a9/a9993e364706816aba3e25717850c26c9cd0d89d.zst"
+        );
+        assert_eq!(
+            framed_chunk_path(&id, Compression::Zstd, 16),
+            "chunks/a9/a9993e364706816aba3e25717850c26c9cd0d89d.f64k.zst"
+        );
+        assert_eq!(
+            framed_chunk_path(&id, Compression::None, 16),
+            chunk_path(&id, Compression::None)
         );
         assert_eq!(index_path("img"), "indexes/img.cidx");
     }

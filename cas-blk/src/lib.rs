@@ -30,7 +30,7 @@ pub mod store;
 
 pub use chunk::{ChunkId, ChunkRef, ChunkSize, Compression};
 pub use disk::{BlockDevice, CowDisk, DiskError, DiskErrorKind};
-pub use index::IndexV1;
+pub use index::Index;
 pub use reader::ImageReader;
 pub use store::{ChunkStore, VerifyingStore};
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
-use crate::chunk::{self, ChunkError, ChunkId, ChunkSize, Compression};
-use crate::index::{IndexError, IndexV1, MAX_CHUNKS};
+use crate::chunk::{self, ChunkError, ChunkFrames, ChunkId, ChunkRef, ChunkSize, Compression};
+use crate::index::{FrameTable, Index, IndexError, MAX_CHUNKS};
 use crate::keys::SecretKey;
 use crate::layout;
 use crate::store::DirStore;
@@ -31,6 +31,9 @@ pub struct PackOptions {
     pub threads: usize,
     /// fsync each new chunk before the index is published.
     pub durable: bool,
+    /// Format 2 with frames of `2^shift` bytes (each compressed alone and
+    /// digested in the index); `None`: format 1.
+    pub frame_shift: Option<u8>,
 }
 
 #[derive(Clone, Debug)]
@@ -144,19 +147,28 @@ pub fn pack(
             .collect()
     });
     let mut chunks = vec![None; chunk_count as usize];
+    let mut frame_table = opts.frame_shift.map(|shift| FrameTable {
+        shift,
+        chunks: std::collections::HashMap::new(),
+    });
     for result in results {
-        for (i, id) in result? {
+        let (positions, frames) = result?;
+        for (i, id) in positions {
             chunks[i] = id;
+        }
+        if let Some(table) = &mut frame_table {
+            table.chunks.extend(frames);
         }
     }
 
-    let index = IndexV1 {
+    let index = Index {
         name: opts.name.clone(),
         generation,
         image_size,
         chunk_size: opts.chunk_size,
         compression: opts.compression,
         chunks,
+        frames: frame_table,
     };
     let bytes = index.to_signed_bytes(key.signing_key())?;
     let index_path = store.put_index(&opts.name, &bytes).map_err(store_err)?;
@@ -184,12 +196,49 @@ pub fn pack(
     Ok(report)
 }
 
+/// Stores format-2 chunk `chunk` (content `data`, frames of `2^shift`
+/// bytes) unless the store has it, and returns its frames: those of the
+/// store's object if there is one (another pack, or another zstd version,
+/// may have framed the same content into other bytes, and other indexes
+/// name that object), else of the object written (whose stored length is
+/// returned too). A damaged object in the store is replaced.
+pub(crate) fn store_framed(
+    store: &DirStore,
+    chunk: &ChunkRef,
+    data: &[u8],
+    shift: u8,
+    durable: bool,
+) -> Result<(ChunkFrames, Option<u64>), PackError> {
+    let path = store.object_file(chunk);
+    let store_err = |source| PackError::Store {
+        path: path.clone(),
+        source,
+    };
+    if path.is_file() {
+        let existing = std::fs::read(&path).map_err(store_err)?;
+        match chunk::frame_lens_of(chunk, &existing) {
+            Ok(lens) => {
+                let digests = data.chunks(1 << shift).map(chunk::frame_digest).collect();
+                return Ok((ChunkFrames::new(lens, digests), None));
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "stored chunk unreadable, replacing it");
+            }
+        }
+    }
+    let (stored, frames) = chunk::compress_frames(chunk.compression, data, shift)?;
+    store
+        .put_object(chunk, &stored, durable)
+        .map_err(store_err)?;
+    Ok((frames, Some(stored.len() as u64)))
+}
+
 /// One more than the generation of the index already in the store, if any.
 pub(crate) fn next_generation(store: &DirStore, name: &str) -> Result<u64, PackError> {
     let path = store.index_file(name);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let old = IndexV1::peek_generation(&bytes).map_err(|source| PackError::OldIndex {
+            let old = Index::peek_generation(&bytes).map_err(|source| PackError::OldIndex {
                 name: name.to_owned(),
                 source,
             })?;
@@ -200,8 +249,12 @@ pub(crate) fn next_generation(store: &DirStore, name: &str) -> Result<u64, PackE
     }
 }
 
-/// Chunk positions a worker handled, with their names (`None`: all zero).
-type WorkerOutput = Vec<(usize, Option<ChunkId>)>;
+/// Chunk positions a worker handled, with their names (`None`: all zero),
+/// and (format 2) the frames of the chunks it stored or found.
+type WorkerOutput = (
+    Vec<(usize, Option<ChunkId>)>,
+    Vec<(ChunkId, std::sync::Arc<ChunkFrames>)>,
+);
 
 struct Shared {
     /// The image and the next chunk to read from it.
@@ -225,6 +278,7 @@ impl Shared {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<WorkerOutput, PackError> {
         let mut done = Vec::new();
+        let mut frames = Vec::new();
         let mut buf = vec![0u8; self.chunk_bytes as usize];
         loop {
             let (i, len) = {
@@ -254,37 +308,70 @@ impl Shared {
                 None
             } else {
                 let id = ChunkId::of_trusted(data);
-                self.store_chunk(&id, data, store, opts)?;
+                if let Some(table) = self.store_chunk(&id, data, store, opts)? {
+                    frames.push((id, std::sync::Arc::new(table)));
+                }
                 Some(id)
             };
             done.push((i, entry));
             progress(len as u64);
         }
-        Ok(done)
+        Ok((done, frames))
     }
 
+    /// Stores chunk `id` unless another worker does or the store has it;
+    /// format 2: returns its frames (of the object in the store, if it
+    /// was there: a pack or a zstd of another version may have framed
+    /// the same content into other bytes).
     fn store_chunk(
         &self,
         id: &ChunkId,
         data: &[u8],
         store: &DirStore,
         opts: &PackOptions,
-    ) -> Result<(), PackError> {
+    ) -> Result<Option<ChunkFrames>, PackError> {
         let first = self
             .claimed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(*id);
-        if !first || store.contains(id, opts.compression) {
-            return Ok(());
+        if !first {
+            return Ok(None);
         }
-        let stored = chunk::compress(opts.compression, data)?;
-        store
-            .put_chunk(id, opts.compression, &stored, opts.durable)
-            .map_err(|source| PackError::Store {
-                path: store.chunk_file(id, opts.compression),
-                source,
-            })?;
+        let chunk = ChunkRef {
+            id: *id,
+            compression: opts.compression,
+            len: data.len() as u32,
+            frame_shift: opts.frame_shift,
+        };
+        let path = store.object_file(&chunk);
+        let store_err = |source| PackError::Store {
+            path: path.clone(),
+            source,
+        };
+        let Some(shift) = opts.frame_shift else {
+            if !store.contains(id, opts.compression) {
+                let stored = chunk::compress(opts.compression, data)?;
+                self.put(store, &chunk, &stored, opts).map_err(store_err)?;
+            }
+            return Ok(None);
+        };
+        let (frames, written) = store_framed(store, &chunk, data, shift, opts.durable)?;
+        if let Some(bytes) = written {
+            self.new_chunks.fetch_add(1, Ordering::Relaxed);
+            self.new_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(Some(frames))
+    }
+
+    fn put(
+        &self,
+        store: &DirStore,
+        chunk: &ChunkRef,
+        stored: &[u8],
+        opts: &PackOptions,
+    ) -> io::Result<()> {
+        store.put_object(chunk, stored, opts.durable)?;
         self.new_chunks.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(stored.len() as u64, Ordering::Relaxed);

@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::index::IndexV1;
+use crate::index::Index;
 use crate::layout;
 
 /// First line of a list.
@@ -57,13 +57,13 @@ pub enum PrefetchError {
 }
 
 /// Largest list for `index`: every position once, with the header.
-pub fn max_len(index: &IndexV1) -> usize {
+pub fn max_len(index: &Index) -> usize {
     let digits = index.chunk_count().max(1).to_string().len() + 1;
     4096 + index.chunk_count() * digits
 }
 
 /// The list for `positions` of `index`.
-pub fn encode(index: &IndexV1, positions: &[u32]) -> String {
+pub fn encode(index: &Index, positions: &[u32]) -> String {
     let mut out = format!(
         "{MAGIC}\nimage {}\nchunk-size {}\nchunks {}\n",
         index.name,
@@ -78,7 +78,7 @@ pub fn encode(index: &IndexV1, positions: &[u32]) -> String {
 }
 
 /// Parses a list for `index`; positions keep their order.
-pub fn parse(bytes: &[u8], index: &IndexV1) -> Result<Vec<u32>, PrefetchError> {
+pub fn parse(bytes: &[u8], index: &Index) -> Result<Vec<u32>, PrefetchError> {
     let max = max_len(index);
     if bytes.len() > max {
         return Err(PrefetchError::TooLarge {
@@ -158,7 +158,7 @@ pub fn parse(bytes: &[u8], index: &IndexV1) -> Result<Vec<u32>, PrefetchError> {
 }
 
 /// Writes the list for `positions` of `index` to `path` (atomically).
-pub fn save(path: &Path, index: &IndexV1, positions: &[u32]) -> std::io::Result<()> {
+pub fn save(path: &Path, index: &Index, positions: &[u32]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -182,8 +182,8 @@ mod tests {
     use super::*;
     use crate::chunk::{ChunkId, ChunkSize, Compression};
 
-    fn index(chunks: usize) -> IndexV1 {
-        IndexV1 {
+    fn index(chunks: usize) -> Index {
+        Index {
             name: "img".into(),
             generation: 1,
             image_size: chunks as u64 * 65_536,
@@ -192,6 +192,7 @@ mod tests {
             chunks: (0..chunks)
                 .map(|i| Some(ChunkId::from_bytes([i as u8; 20])))
                 .collect(),
+            frames: None,
         }
     }
 

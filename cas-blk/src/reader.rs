@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chunk::{ChunkId, ChunkRef};
-use crate::index::IndexV1;
+use crate::chunk::{self, ChunkFrames, ChunkId, ChunkRef};
+use crate::index::Index;
 use crate::store::{ChunkStore, StoreError, VerifyingStore};
 
 /// Decoded chunks kept in memory.
@@ -43,6 +43,19 @@ const SPAN_PARALLEL: usize = 4;
 /// Pieces of one read from verified copies worth a second thread (a 4 MiB
 /// read spans sixteen 256 KiB chunks).
 const PARALLEL_VERIFIED_MIN: usize = 4;
+/// Format 2: frames fetched alone kept in memory (64 KiB frames: 4 MiB).
+const RECENT_FRAMES: usize = 64;
+/// Threads fetching ahead of sequential streams.
+const AHEAD_THREADS: usize = 4;
+/// Read-ahead window of a stream: starts at twice its read size (at least
+/// this), doubles with each continuing read, up to `AHEAD_MAX_BYTES`.
+const AHEAD_MIN_BYTES: u64 = 1 << 20;
+const AHEAD_MAX_BYTES: u64 = 16 << 20;
+/// Streams followed at once (a guest reading several files).
+const AHEAD_STREAMS: usize = 8;
+/// Decoded chunks fetched ahead and not yet read, at most: the largest
+/// window twice over, so a window in flight never evicts the previous one.
+const AHEAD_READY_BYTES: u64 = 2 * AHEAD_MAX_BYTES;
 /// Granularity of the per-block digests of verified chunks.
 const BLOCK: usize = 4096;
 
@@ -56,40 +69,72 @@ fn block_digest(block: &[u8]) -> BlockDigest {
     out
 }
 
-/// A chunk this process verified, and where its plain copy lives.
+/// A chunk whose plain copy in the local cache can be read piecewise,
+/// each piece checked: format 1, a chunk this process verified (digests
+/// it computed); format 2, any cached chunk (the index's frame digests).
 #[derive(Debug)]
 struct Verified {
     path: PathBuf,
-    blocks: Box<[BlockDigest]>,
-    /// Of the whole chunk: one BLAKE3 over many blocks runs several times
-    /// faster than a hash per block (it hashes 1 KiB pieces side by side).
-    whole: BlockDigest,
+    digests: Digests,
+}
+
+#[derive(Debug)]
+enum Digests {
+    /// Computed when this process verified the chunk (format 1).
+    Learned {
+        blocks: Box<[BlockDigest]>,
+        /// Of the whole chunk: one BLAKE3 over many blocks runs several
+        /// times faster than a hash per block (it hashes 1 KiB pieces side
+        /// by side).
+        whole: BlockDigest,
+    },
+    /// The signed index's, per frame of `2^shift` bytes (format 2).
+    Frames { frames: Arc<ChunkFrames>, shift: u8 },
 }
 
 impl Verified {
     fn new(path: PathBuf, plain: &[u8]) -> Self {
         Self {
             path,
-            blocks: plain.chunks(BLOCK).map(block_digest).collect(),
-            whole: block_digest(plain),
+            digests: Digests::Learned {
+                blocks: plain.chunks(BLOCK).map(block_digest).collect(),
+                whole: block_digest(plain),
+            },
+        }
+    }
+
+    fn framed(path: PathBuf, frames: Arc<ChunkFrames>, shift: u8) -> Self {
+        Self {
+            path,
+            digests: Digests::Frames { frames, shift },
         }
     }
 
     /// Fills `dst` from `within` bytes into the chunk (`chunk_len` long),
-    /// reading whole blocks from the plain copy and checking each.
+    /// reading whole blocks (frames) from the plain copy and checking each.
     fn read(&self, chunk_len: usize, within: usize, dst: &mut [u8]) -> io::Result<()> {
-        let first = within / BLOCK;
-        let start = first * BLOCK;
-        let end = (within + dst.len()).div_ceil(BLOCK) * BLOCK;
+        let unit = match &self.digests {
+            Digests::Learned { .. } => BLOCK,
+            Digests::Frames { shift, .. } => 1 << shift,
+        };
+        let first = within / unit;
+        let start = first * unit;
+        let end = (within + dst.len()).div_ceil(unit) * unit;
         let end = end.min(chunk_len);
         let file = std::fs::File::open(&self.path)?;
         let check = |data: &[u8]| -> io::Result<()> {
-            let good = if data.len() == chunk_len {
-                block_digest(data) == self.whole
-            } else {
-                data.chunks(BLOCK)
-                    .zip(&self.blocks[first..])
-                    .all(|(block, digest)| block_digest(block) == *digest)
+            let good = match &self.digests {
+                Digests::Learned { whole, .. } if data.len() == chunk_len => {
+                    block_digest(data) == *whole
+                }
+                Digests::Learned { blocks, .. } => data
+                    .chunks(BLOCK)
+                    .zip(&blocks[first..])
+                    .all(|(block, digest)| block_digest(block) == *digest),
+                Digests::Frames { frames, .. } => data
+                    .chunks(unit)
+                    .zip(&frames.digests[first..])
+                    .all(|(frame, digest)| chunk::frame_digest(frame) == *digest),
             };
             if good {
                 Ok(())
@@ -129,17 +174,34 @@ pub enum ReadError {
 
 type ChunkResult = Result<Arc<Vec<u8>>, ReadError>;
 
+/// A frame fetched alone: (chunk, frame number) and its plain content.
+type RecentFrame = ((ChunkId, usize), Arc<Vec<u8>>);
+
+/// The reader: its state is shared with the read-ahead threads, which it
+/// stops and joins when dropped.
 #[derive(Debug)]
-pub struct ImageReader<S> {
-    index: Arc<IndexV1>,
+pub struct ImageReader<S: ChunkStore + 'static> {
+    shared: Arc<Shared<S>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared<S> {
+    index: Arc<Index>,
     store: VerifyingStore<S>,
     /// Most recent last.
     recent: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
     /// Chunks verified by this process whose plain copy is local.
     verified: Mutex<HashMap<ChunkId, Arc<Verified>>>,
+    /// Chunks whose cached copy failed a check: read whole until a fetch
+    /// has replaced it.
+    suspect: Mutex<HashSet<ChunkId>>,
+    /// Format 2: frames fetched alone recently, most recent last.
+    recent_frames: Mutex<std::collections::VecDeque<RecentFrame>>,
     inflight: InFlight,
     trace: Trace,
     stats: Counters,
+    ahead: Ahead,
 }
 
 /// A piece of a read: `dst` gets bytes `within..` of chunk `index`.
@@ -206,6 +268,83 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// What a thread that claimed a chunk finds already there.
+enum Have<'a> {
+    /// Verified by this process, its plain copy in the local cache.
+    Verified(&'a Verified),
+    /// Fetched and verified by a read-ahead thread, in memory.
+    Ahead(Arc<Vec<u8>>),
+}
+
+/// Sequential read-ahead: streams seen, chunks queued for the read-ahead
+/// threads, and chunks they fetched that no read has taken yet.
+#[derive(Debug, Default)]
+struct Ahead {
+    state: Mutex<AheadState>,
+    work: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct AheadState {
+    /// Most recently continued last.
+    streams: Vec<Stream>,
+    queue: std::collections::VecDeque<usize>,
+    queued: HashSet<usize>,
+    ready: HashMap<ChunkId, Arc<Vec<u8>>>,
+    /// Oldest first, for eviction.
+    ready_order: std::collections::VecDeque<ChunkId>,
+    ready_bytes: u64,
+    /// Workers fetching right now.
+    busy: usize,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Where the stream's next read would start.
+    next: u64,
+    window: u64,
+    /// Everything below this is queued or read already.
+    queued_to: u64,
+}
+
+impl Ahead {
+    fn peek_ready(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        lock(&self.state).ready.get(id).cloned()
+    }
+
+    fn take_ready(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        let mut state = lock(&self.state);
+        let data = state.ready.remove(id)?;
+        state.ready_bytes -= data.len() as u64;
+        Some(data)
+    }
+
+    fn put_ready(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        let mut state = lock(&self.state);
+        state.ready_bytes += data.len() as u64;
+        if let Some(old) = state.ready.insert(id, data) {
+            state.ready_bytes -= old.len() as u64;
+        }
+        state.ready_order.push_back(id);
+        while state.ready_bytes > AHEAD_READY_BYTES {
+            let Some(oldest) = state.ready_order.pop_front() else {
+                break;
+            };
+            if let Some(old) = state.ready.remove(&oldest) {
+                state.ready_bytes -= old.len() as u64;
+            }
+        }
+        // Ids taken by reads linger in the order list; keep it bounded.
+        if state.ready_order.len() > 4 * state.ready.len() + 64 {
+            let AheadState {
+                ready, ready_order, ..
+            } = &mut *state;
+            ready_order.retain(|id| ready.contains_key(id));
+        }
+    }
+}
+
 /// First reads of each chunk position, in order, with their time since the
 /// reader's first read: the raw material of a boot prefetch list.
 #[derive(Debug, Default)]
@@ -251,6 +390,9 @@ struct Counters {
     memory: AtomicU64,
     verified: AtomicU64,
     fetched: AtomicU64,
+    ahead: AtomicU64,
+    ahead_fetched: AtomicU64,
+    partial: AtomicU64,
 }
 
 /// Which tier served the chunk pieces of reads so far (a read spanning
@@ -263,6 +405,12 @@ pub struct ReaderStats {
     pub verified: u64,
     /// Fetched, decompressed and verified whole (cache or network).
     pub fetched: u64,
+    /// From a chunk the read-ahead threads fetched before it was asked for.
+    pub ahead: u64,
+    /// Chunks the read-ahead threads fetched (some may never be read).
+    pub ahead_fetched: u64,
+    /// Format 2: fetched as a run of frames (an HTTP Range), not whole.
+    pub partial: u64,
 }
 
 /// A chunk that no source could supply in good shape.
@@ -273,41 +421,285 @@ pub struct BadChunk {
     pub error: StoreError,
 }
 
-impl<S: ChunkStore> ImageReader<S> {
-    pub fn new(index: Arc<IndexV1>, store: VerifyingStore<S>) -> Self {
+impl<S: ChunkStore + 'static> ImageReader<S> {
+    pub fn new(index: Arc<Index>, store: VerifyingStore<S>) -> Self {
         Self {
-            index,
-            store,
-            recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
-            verified: Mutex::new(HashMap::new()),
-            inflight: InFlight::default(),
-            trace: Trace::default(),
-            stats: Counters::default(),
+            shared: Arc::new(Shared {
+                index,
+                store,
+                recent: Mutex::new(Vec::with_capacity(RECENT_CHUNKS)),
+                verified: Mutex::new(HashMap::new()),
+                suspect: Mutex::new(HashSet::new()),
+                recent_frames: Mutex::new(std::collections::VecDeque::new()),
+                inflight: InFlight::default(),
+                trace: Trace::default(),
+                stats: Counters::default(),
+                ahead: Ahead::default(),
+            }),
+            workers: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn index(&self) -> &IndexV1 {
-        &self.index
+    pub fn index(&self) -> &Index {
+        &self.shared.index
     }
 
     pub fn store(&self) -> &VerifyingStore<S> {
-        &self.store
+        &self.shared.store
     }
 
     pub fn size(&self) -> u64 {
-        self.index.image_size
+        self.shared.index.image_size
     }
 
     pub fn stats(&self) -> ReaderStats {
+        let stats = &self.shared.stats;
         ReaderStats {
-            memory: self.stats.memory.load(Ordering::Relaxed),
-            verified: self.stats.verified.load(Ordering::Relaxed),
-            fetched: self.stats.fetched.load(Ordering::Relaxed),
+            memory: stats.memory.load(Ordering::Relaxed),
+            verified: stats.verified.load(Ordering::Relaxed),
+            fetched: stats.fetched.load(Ordering::Relaxed),
+            ahead: stats.ahead.load(Ordering::Relaxed),
+            ahead_fetched: stats.ahead_fetched.load(Ordering::Relaxed),
+            partial: stats.partial.load(Ordering::Relaxed),
         }
     }
 
     /// Verified content of chunk `i` (zeros for an all-zero chunk).
     pub fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, ReadError> {
+        self.shared.chunk(i)
+    }
+
+    /// Fills `buf` from `offset`; the whole range must lie in the image.
+    /// A read that continues an earlier one (a sequential stream) first
+    /// queues the chunks after it for the read-ahead threads, in a window
+    /// that doubles with each continuing read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let queued = self.shared.schedule_ahead(offset, buf.len() as u64);
+        if queued {
+            self.start_workers();
+        }
+        self.shared.read_at(offset, buf)
+    }
+
+    /// Starts the read-ahead threads the first time a stream is seen.
+    fn start_workers(&self) {
+        let mut workers = lock(&self.workers);
+        if !workers.is_empty() {
+            return;
+        }
+        for n in 0..AHEAD_THREADS {
+            let shared = Arc::clone(&self.shared);
+            match std::thread::Builder::new()
+                .name(format!("cas-ahead-{n}"))
+                .spawn(move || shared.ahead_worker())
+            {
+                Ok(handle) => workers.push(handle),
+                Err(error) => {
+                    // Reads still work, only without read-ahead.
+                    tracing::warn!(%error, "cannot start a read-ahead thread");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits until the read-ahead threads have nothing queued or in hand:
+    /// for tests and benchmarks that need a known state.
+    pub fn settle_read_ahead(&self) {
+        let mut state = lock(&self.shared.ahead.state);
+        while !state.stop && (!state.queue.is_empty() || state.busy > 0) {
+            state = self
+                .shared
+                .ahead
+                .work
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// See [`Shared::prefetch`].
+    pub fn prefetch(
+        &self,
+        positions: &[u32],
+        parallel: usize,
+        stop: &AtomicBool,
+    ) -> PrefetchReport {
+        self.shared.prefetch(positions, parallel, stop)
+    }
+
+    /// When this reader's clients first read (none yet: `None`).
+    pub fn first_read(&self) -> Option<Instant> {
+        lock(&self.shared.trace.inner).start
+    }
+
+    /// The chunk positions this reader's clients first read within
+    /// `window` of their first read, in that order: a boot's chunks.
+    pub fn boot_trace(&self, window: Duration) -> Vec<u32> {
+        self.shared.trace.within(window)
+    }
+
+    /// Writes the whole image to `out`, fetching up to `parallel` chunks at
+    /// once ahead of the writer (network latency hides behind the others).
+    pub fn write_all_to(&self, out: &mut dyn Write, parallel: usize) -> Result<(), ReadError> {
+        self.shared.write_all_to(out, parallel)
+    }
+
+    /// Fetches and verifies every distinct chunk; returns those that no
+    /// source could supply in good shape.
+    pub fn verify_all(&self, parallel: usize, progress: &(dyn Fn(u64) + Sync)) -> Vec<BadChunk> {
+        self.shared.verify_all(parallel, progress)
+    }
+}
+
+impl<S: ChunkStore + 'static> Drop for ImageReader<S> {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.shared.ahead.state);
+            state.stop = true;
+            state.queue.clear();
+        }
+        self.shared.ahead.work.notify_all();
+        let workers = std::mem::take(
+            self.workers
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for worker in workers {
+            // A worker that panicked has nothing left to clean up.
+            let _ = worker.join();
+        }
+    }
+}
+
+impl<S: ChunkStore> Shared<S> {
+    /// Follows sequential streams: a read starting where an earlier one
+    /// ended continues its stream, whose window grows, and the chunks in
+    /// the window past this read are queued for the read-ahead threads
+    /// (those not verified, fetched or queued already). Returns whether it
+    /// queued any.
+    fn schedule_ahead(&self, offset: u64, len: u64) -> bool {
+        let size = self.index.image_size;
+        let end = offset.saturating_add(len).min(size);
+        if len == 0 {
+            return false;
+        }
+        let chunk_bytes = u64::from(self.index.chunk_size.bytes());
+        let mut state = lock(&self.ahead.state);
+        if state.stop {
+            return false;
+        }
+        // A stream under way may skip ahead within its window (a file
+        // system's reads step over holes and metadata); a new one must
+        // continue exactly, so random reads do not start streams.
+        let continues = |s: &Stream| offset >= s.next && offset - s.next <= s.window;
+        let Some(pos) = state.streams.iter().position(continues) else {
+            if state.streams.len() >= AHEAD_STREAMS {
+                state.streams.remove(0);
+            }
+            state.streams.push(Stream {
+                next: end,
+                window: 0,
+                queued_to: end,
+            });
+            return false;
+        };
+        let mut stream = state.streams.remove(pos);
+        stream.window = (stream.window * 2)
+            .max(2 * len)
+            .clamp(AHEAD_MIN_BYTES, AHEAD_MAX_BYTES);
+        stream.next = end;
+        let from = stream.queued_to.max(end);
+        let to = end.saturating_add(stream.window).min(size);
+        stream.queued_to = stream.queued_to.max(to);
+        state.streams.push(stream);
+        // Chunks wholly after this read (its last chunk is its own).
+        let first = from.div_ceil(chunk_bytes);
+        let last = to.div_ceil(chunk_bytes);
+        let mut queued = false;
+        let verified = lock(&self.verified);
+        for i in first..last {
+            let i = i as usize;
+            let Some(chunk) = self.index.chunk_ref(i) else {
+                continue;
+            };
+            if verified.contains_key(&chunk.id)
+                || state.ready.contains_key(&chunk.id)
+                || !state.queued.insert(i)
+            {
+                continue;
+            }
+            state.queue.push_back(i);
+            queued = true;
+        }
+        drop(verified);
+        drop(state);
+        if queued {
+            self.ahead.work.notify_all();
+        }
+        queued
+    }
+
+    /// A read-ahead thread: fetches queued chunks until the reader drops.
+    fn ahead_worker(&self) {
+        loop {
+            let i = {
+                let mut state = lock(&self.ahead.state);
+                loop {
+                    if state.stop {
+                        return;
+                    }
+                    if let Some(i) = state.queue.pop_front() {
+                        state.busy += 1;
+                        break i;
+                    }
+                    state = self
+                        .ahead
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let outcome = match self.index.chunk_ref(i) {
+                // Read by a guest meanwhile: nothing to do.
+                Some(chunk) if self.recent_lookup_quiet(i).is_none() => self
+                    .obtain(
+                        i,
+                        &chunk,
+                        true,
+                        |_| Some(()),
+                        |data| {
+                            self.ahead.put_ready(chunk.id, Arc::new(data));
+                            self.stats.ahead_fetched.fetch_add(1, Ordering::Relaxed);
+                        },
+                    )
+                    .err(),
+                _ => None,
+            };
+            {
+                let mut state = lock(&self.ahead.state);
+                state.queued.remove(&i);
+                state.busy -= 1;
+            }
+            // Wakes `settle_read_ahead` too.
+            self.ahead.work.notify_all();
+            if let Some(error) = outcome {
+                // The guest's own read of the chunk reports it.
+                tracing::debug!(chunk = i, error = %crate::error_chain(&error), "read-ahead failed");
+            }
+        }
+    }
+
+    /// Whether chunk `i` is among the recently decoded, without making it
+    /// more recent.
+    fn recent_lookup_quiet(&self, i: usize) -> Option<()> {
+        self.lock_recent()
+            .iter()
+            .any(|(idx, _)| *idx == i)
+            .then_some(())
+    }
+
+    /// Verified content of chunk `i` (zeros for an all-zero chunk).
+    fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>, ReadError> {
         if let Some(hit) = self.recent_lookup(i) {
             return Ok(hit);
         }
@@ -320,16 +712,47 @@ impl<S: ChunkStore> ImageReader<S> {
     /// store has a local plain copy of it.
     fn learn(&self, chunk: &ChunkRef, plain: &[u8]) {
         if let Some(path) = self.store.plain_file(chunk) {
-            let verified = Arc::new(Verified::new(path, plain));
-            lock(&self.verified).insert(chunk.id, verified);
+            let verified = match self.framed_verified(chunk, path.clone()) {
+                Some(framed) => framed,
+                None => Verified::new(path, plain),
+            };
+            lock(&self.verified).insert(chunk.id, Arc::new(verified));
         }
+        lock(&self.suspect).remove(&chunk.id);
+    }
+
+    /// Format 2: a cached chunk checks against the index's frame digests,
+    /// with nothing to learn first (a restarted reader reads its cache at
+    /// once, no SHA-1 pass).
+    fn framed_verified(&self, chunk: &ChunkRef, path: PathBuf) -> Option<Verified> {
+        let frames = self.index.chunk_frames(&chunk.id)?;
+        Some(Verified::framed(
+            path,
+            Arc::clone(frames),
+            chunk.frame_shift?,
+        ))
+    }
+
+    /// The verified-tier entry of `chunk`: known, or (format 2) any plain
+    /// copy the cache has.
+    fn verified_entry(&self, chunk: &ChunkRef) -> Option<Arc<Verified>> {
+        if let Some(known) = lock(&self.verified).get(&chunk.id).cloned() {
+            return Some(known);
+        }
+        chunk.frame_shift?;
+        if lock(&self.suspect).contains(&chunk.id) {
+            return None;
+        }
+        let framed = Arc::new(self.framed_verified(chunk, self.store.plain_file(chunk)?)?);
+        lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
+        Some(framed)
     }
 
     /// Reads a piece of chunk `chunk` from its verified local copy; false
     /// if there is none or it no longer matches (the caller falls back to
     /// the store, which drops a bad copy).
     fn read_verified(&self, chunk: &ChunkRef, within: usize, dst: &mut [u8]) -> bool {
-        let Some(verified) = lock(&self.verified).get(&chunk.id).cloned() else {
+        let Some(verified) = self.verified_entry(chunk) else {
             return false;
         };
         match verified.read(chunk.len as usize, within, dst) {
@@ -342,6 +765,10 @@ impl<S: ChunkStore> ImageReader<S> {
                     tracing::debug!(chunk = %chunk.id, %error, "verified copy unreadable");
                 }
                 lock(&self.verified).remove(&chunk.id);
+                // Until a whole fetch replaces the cached copy (the cache
+                // drops a bad copy when it checks it), this chunk is read
+                // whole, not from that copy nor by frames.
+                lock(&self.suspect).insert(chunk.id);
                 false
             }
         }
@@ -378,15 +805,20 @@ impl<S: ChunkStore> ImageReader<S> {
         let Some(chunk) = self.index.chunk_ref(i) else {
             return Ok(Arc::new(vec![0u8; self.index.chunk_len(i) as usize]));
         };
-        let known = |verified: &Verified| {
-            let mut whole = vec![0u8; chunk.len as usize];
-            verified
-                .read(whole.len(), 0, &mut whole)
-                .ok()
-                .map(|()| whole)
+        let known = |have: Have<'_>| match have {
+            Have::Ahead(data) => {
+                self.ahead.take_ready(&chunk.id);
+                Some(data)
+            }
+            Have::Verified(verified) => {
+                let mut whole = vec![0u8; chunk.len as usize];
+                verified
+                    .read(whole.len(), 0, &mut whole)
+                    .ok()
+                    .map(|()| Arc::new(whole))
+            }
         };
-        self.obtain(i, &chunk, learn, known, |data| data)
-            .map(Arc::new)
+        self.obtain(i, &chunk, learn, known, Arc::new)
     }
 
     /// The one way a chunk is fetched. One thread at a time fetches a given
@@ -400,17 +832,23 @@ impl<S: ChunkStore> ImageReader<S> {
         i: usize,
         chunk: &ChunkRef,
         learn: bool,
-        known: impl FnOnce(&Verified) -> Option<T>,
+        known: impl FnOnce(Have<'_>) -> Option<T>,
         fetched: impl FnOnce(Vec<u8>) -> T,
     ) -> Result<T, ReadError> {
         let _claim = self.inflight.claim(chunk.id);
-        let verified = lock(&self.verified).get(&chunk.id).cloned();
-        if let Some(value) = verified.as_deref().and_then(known) {
-            return Ok(value);
+        if let Some(data) = self.ahead.peek_ready(&chunk.id) {
+            if let Some(value) = known(Have::Ahead(data)) {
+                return Ok(value);
+            }
+        } else {
+            let verified = self.verified_entry(chunk);
+            if let Some(value) = verified.as_deref().map(Have::Verified).and_then(known) {
+                return Ok(value);
+            }
         }
         let data = self
             .store
-            .read_chunk(chunk)
+            .read_chunk(chunk, self.index.chunk_frames(&chunk.id).map(|f| &**f))
             .map_err(|source| ReadError::Chunk { index: i, source })?;
         if learn {
             self.learn(chunk, &data);
@@ -419,9 +857,9 @@ impl<S: ChunkStore> ImageReader<S> {
     }
 
     /// Fills `buf` from `offset`; the whole range must lie in the image.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         let len = buf.len() as u64;
-        let size = self.size();
+        let size = self.index.image_size;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(ReadError::OutOfRange { offset, len, size });
         }
@@ -450,6 +888,10 @@ impl<S: ChunkStore> ImageReader<S> {
             if let Some(data) = self.recent_lookup(i) {
                 dst.copy_from_slice(&data[within..within + want]);
                 self.stats.memory.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(data) = self.ahead.take_ready(&chunk.id) {
+                dst.copy_from_slice(&data[within..within + want]);
+                self.stats.ahead.fetch_add(1, Ordering::Relaxed);
+                self.remember(i, data);
             } else {
                 pending.push(Piece {
                     index: i,
@@ -462,7 +904,7 @@ impl<S: ChunkStore> ImageReader<S> {
         self.trace.record(&touched);
         // Chunks verified earlier: blocks from their local copies, checked;
         // a wide read uses both cores.
-        let mut missing = if pending.len() >= PARALLEL_VERIFIED_MIN {
+        let missing = if pending.len() >= PARALLEL_VERIFIED_MIN {
             let half = pending.len() / 2;
             let second = pending.split_off(half);
             std::thread::scope(|scope| {
@@ -477,6 +919,13 @@ impl<S: ChunkStore> ImageReader<S> {
         } else {
             self.fill_verified(pending)
         };
+        // Format 2, small pieces: just their frames (an HTTP Range).
+        let (partial, mut missing): (Vec<_>, Vec<_>) = missing
+            .into_iter()
+            .partition(|piece| self.partial_pays(piece));
+        for mut piece in partial {
+            self.fill_frames(&mut piece)?;
+        }
         // The rest: fetched, decompressed and verified whole.
         self.stats
             .fetched
@@ -492,6 +941,81 @@ impl<S: ChunkStore> ImageReader<S> {
             let data = result?;
             piece.fill_from(&data);
             self.remember(piece.index, data);
+        }
+        Ok(())
+    }
+
+    /// Whether `piece` is better served by fetching its frames alone than
+    /// its whole chunk: format 2, a source that serves ranges, and at most
+    /// half the chunk's bytes.
+    fn partial_pays(&self, piece: &Piece<'_>) -> bool {
+        let Some(shift) = piece.chunk.frame_shift else {
+            return false;
+        };
+        let (first, last) = frame_span(piece.within, piece.dst.len(), shift);
+        ((last - first + 1) << shift) <= piece.chunk.len as usize / 2
+            && self.store.ranges_pay()
+            && !lock(&self.suspect).contains(&piece.chunk.id)
+    }
+
+    /// Fills a piece of a format-2 chunk from its frames: those decoded
+    /// recently, else one partial fetch of the run of frames it covers,
+    /// each frame verified against the index on arrival.
+    fn fill_frames(&self, piece: &mut Piece<'_>) -> Result<(), ReadError> {
+        let chunk = piece.chunk;
+        let shift = chunk.frame_shift.unwrap_or(0);
+        let (first, last) = frame_span(piece.within, piece.dst.len(), shift);
+        let index = piece.index;
+        let frames = self
+            .index
+            .chunk_frames(&chunk.id)
+            .ok_or_else(|| ReadError::Chunk {
+                index,
+                source: crate::store::StoreError::Corrupt {
+                    chunk: chunk.id,
+                    source_name: "the index".into(),
+                    source: crate::chunk::ChunkError::Frames("no frame table".into()),
+                },
+            })?;
+        let mut run: Vec<Arc<Vec<u8>>> = Vec::with_capacity(last - first + 1);
+        {
+            let memory = lock(&self.recent_frames);
+            for f in first..=last {
+                match memory.iter().find(|(key, _)| *key == (chunk.id, f)) {
+                    Some((_, data)) => run.push(Arc::clone(data)),
+                    None => break,
+                }
+            }
+        }
+        if run.len() == last - first + 1 {
+            self.stats.memory.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let plain = self
+                .store
+                .read_frames(&chunk, frames, first..last + 1)
+                .map_err(|source| ReadError::Chunk { index, source })?;
+            self.stats.partial.fetch_add(1, Ordering::Relaxed);
+            run.clear();
+            let mut memory = lock(&self.recent_frames);
+            let mut at = 0;
+            for f in first..=last {
+                let len = chunk.frame_len(f);
+                let data = Arc::new(plain[at..at + len].to_vec());
+                at += len;
+                if memory.len() >= RECENT_FRAMES {
+                    memory.pop_front();
+                }
+                memory.push_back(((chunk.id, f), Arc::clone(&data)));
+                run.push(data);
+            }
+        }
+        let mut pos = piece.within - (first << shift);
+        let mut out = 0;
+        for frame in run {
+            let take = (frame.len() - pos).min(piece.dst.len() - out);
+            piece.dst[out..out + take].copy_from_slice(&frame[pos..pos + take]);
+            out += take;
+            pos = 0;
         }
         Ok(())
     }
@@ -514,12 +1038,7 @@ impl<S: ChunkStore> ImageReader<S> {
     /// that this process has not verified yet, `parallel` at a time, until
     /// done or `stop` is set. Fetched chunks land in the cache; memory's
     /// few decoded chunks are left to the guest's reads.
-    pub fn prefetch(
-        &self,
-        positions: &[u32],
-        parallel: usize,
-        stop: &AtomicBool,
-    ) -> PrefetchReport {
+    fn prefetch(&self, positions: &[u32], parallel: usize, stop: &AtomicBool) -> PrefetchReport {
         let next = AtomicUsize::new(0);
         let fetched = AtomicU64::new(0);
         let failed = AtomicU64::new(0);
@@ -557,20 +1076,9 @@ impl<S: ChunkStore> ImageReader<S> {
         }
     }
 
-    /// When this reader's clients first read (none yet: `None`).
-    pub fn first_read(&self) -> Option<Instant> {
-        lock(&self.trace.inner).start
-    }
-
-    /// The chunk positions this reader's clients first read within
-    /// `window` of their first read, in that order: a boot's chunks.
-    pub fn boot_trace(&self, window: Duration) -> Vec<u32> {
-        self.trace.within(window)
-    }
-
     /// Writes the whole image to `out`, fetching up to `parallel` chunks at
     /// once ahead of the writer (network latency hides behind the others).
-    pub fn write_all_to(&self, out: &mut dyn Write, parallel: usize) -> Result<(), ReadError> {
+    fn write_all_to(&self, out: &mut dyn Write, parallel: usize) -> Result<(), ReadError> {
         let parallel = parallel.max(1);
         let count = self.index.chunk_count();
         let batch = parallel * 4;
@@ -620,7 +1128,7 @@ impl<S: ChunkStore> ImageReader<S> {
 
     /// Fetches and verifies every distinct chunk; returns those that no
     /// source could supply in good shape.
-    pub fn verify_all(&self, parallel: usize, progress: &(dyn Fn(u64) + Sync)) -> Vec<BadChunk> {
+    fn verify_all(&self, parallel: usize, progress: &(dyn Fn(u64) + Sync)) -> Vec<BadChunk> {
         let unique = self.index.unique_chunks();
         let positions: std::collections::HashMap<ChunkId, usize> = (0..self.index.chunk_count())
             .rev()
@@ -633,7 +1141,10 @@ impl<S: ChunkStore> ImageReader<S> {
                 scope.spawn(|| loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(chunk) = unique.get(k) else { break };
-                    if let Err(error) = self.store.read_chunk(chunk) {
+                    if let Err(error) = self
+                        .store
+                        .read_chunk(chunk, self.index.chunk_frames(&chunk.id).map(|f| &**f))
+                    {
                         lock(&bad).push(BadChunk {
                             index: positions.get(&chunk.id).copied().unwrap_or(0),
                             id: chunk.id,
@@ -650,6 +1161,12 @@ impl<S: ChunkStore> ImageReader<S> {
         bad.sort_by_key(|b| b.index);
         bad
     }
+}
+
+/// The first and last frames (of `2^shift` bytes) that bytes
+/// `within..within + len` of a chunk touch; `len` > 0.
+fn frame_span(within: usize, len: usize, shift: u8) -> (usize, usize) {
+    (within >> shift, (within + len - 1) >> shift)
 }
 
 /// Locks `mutex`, taking over a poisoned one: every critical section here

@@ -16,7 +16,7 @@ use crate::disk::{BlockDevice, CowDisk, DiskError};
 use crate::overlay::{Overlay, OverlayBase, OverlayError};
 use crate::prefetch;
 use crate::store::ChunkStore;
-use crate::IndexV1;
+use crate::Index;
 
 /// The disk a session serves.
 pub type SessionDisk = CowDisk<Box<dyn ChunkStore>>;
@@ -135,7 +135,7 @@ impl DiskSession {
         Arc::clone(&self.disk) as Arc<dyn BlockDevice>
     }
 
-    pub fn index(&self) -> &IndexV1 {
+    pub fn index(&self) -> &Index {
         self.disk.reader().index()
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use circ_cas::chunk::ChunkId;
 use circ_cas::chunk::{ChunkSize, Compression};
 use circ_cas::client::{self, OpenError, OpenOptions, Rollback};
-use circ_cas::index::IndexV1;
+use circ_cas::index::Index;
 use circ_cas::keys::SecretKey;
 use circ_cas::pack::{self, PackOptions, PackReport};
 use circ_cas::reader::{ImageReader, ReadError};
@@ -18,13 +18,25 @@ use circ_cas::store::{DirStore, ErrorKind, HttpConfig, HttpStore, VerifyingStore
 struct Fixture {
     dir: tempfile::TempDir,
     key: SecretKey,
+    /// Format 2's frame shift (capped at the chunk size), or format 1.
+    frame_shift: Option<u8>,
 }
 
 impl Fixture {
+    /// Packs format 1.
     fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
             key: SecretKey::generate().unwrap(),
+            frame_shift: None,
+        }
+    }
+
+    /// Packs format 2 with 8 KiB frames.
+    fn v2() -> Self {
+        Self {
+            frame_shift: Some(13),
+            ..Self::new()
         }
     }
 
@@ -39,12 +51,14 @@ impl Fixture {
     fn pack(&self, image: &[u8], chunk_size: &str, compression: Compression) -> PackReport {
         let path = self.path("image");
         std::fs::write(&path, image).unwrap();
+        let chunk_size = chunk_size.parse::<ChunkSize>().unwrap();
         let opts = PackOptions {
             name: "img".into(),
-            chunk_size: chunk_size.parse::<ChunkSize>().unwrap(),
+            chunk_size,
             compression,
             threads: 2,
             durable: false,
+            frame_shift: self.frame_shift.map(|f| f.min(chunk_size.shift())),
         };
         pack::pack(&path, &self.store(), &self.key, &opts, &|_| {}).unwrap()
     }
@@ -66,16 +80,14 @@ impl Fixture {
         Rollback::gate(self.path("state"), allow)
     }
 
-    fn index(&self) -> IndexV1 {
+    fn index(&self) -> Index {
         let bytes = std::fs::read(self.store().index_file("img")).unwrap();
-        IndexV1::parse_verified(&bytes, &self.key.public()).unwrap()
+        Index::parse_verified(&bytes, &self.key.public()).unwrap()
     }
 
     /// The stored file of the image's `n`th distinct chunk under `root`.
     fn chunk_file(&self, root: &Path, n: usize) -> PathBuf {
-        let index = self.index();
-        let id = index.unique_chunks()[n].id;
-        DirStore::open(root).chunk_file(&id, index.compression)
+        DirStore::open(root).object_file(&self.index().unique_chunks()[n])
     }
 
     /// The cache holds plain copies, whatever the image's compression.
@@ -114,15 +126,20 @@ fn read_all(opts: &OpenOptions) -> Result<Vec<u8>, ReadError> {
 }
 
 #[test]
-fn round_trips_for_every_compression_and_odd_sizes() {
-    for (compression, chunk_size, len) in [
-        (Compression::Zstd, "64K", 7 * 65_536 + 123),
-        (Compression::Zlib, "64K", 7 * 65_536),
-        (Compression::None, "4K", 5 * 65_536 + 1),
-        (Compression::Zstd, "256K", 1000),
-        (Compression::Zstd, "4M", 0),
+fn round_trips_for_every_compression_and_odd_sizes_in_both_formats() {
+    for (compression, chunk_size, len, v2) in [
+        (Compression::Zstd, "64K", 7 * 65_536 + 123, false),
+        (Compression::Zlib, "64K", 7 * 65_536, false),
+        (Compression::None, "4K", 5 * 65_536 + 1, false),
+        (Compression::Zstd, "256K", 1000, false),
+        (Compression::Zstd, "4M", 0, false),
+        (Compression::Zstd, "64K", 7 * 65_536 + 123, true),
+        (Compression::Zlib, "64K", 7 * 65_536 + 5000, true),
+        (Compression::None, "16K", 5 * 65_536 + 1, true),
+        (Compression::Zstd, "256K", 1000, true),
+        (Compression::Zstd, "4M", 0, true),
     ] {
-        let fx = Fixture::new();
+        let fx = if v2 { Fixture::v2() } else { Fixture::new() };
         let data = image(len);
         let report = fx.pack(&data, chunk_size, compression);
         let (server, url) = fx.serve(&fx.path("store"));
@@ -212,7 +229,7 @@ fn failover_past_a_dead_mirror_and_a_corrupting_mirror() {
     .unwrap();
     let store = VerifyingStore::new(http);
     for chunk in fx.index().unique_chunks() {
-        let plain = store.read_chunk(&chunk).unwrap();
+        let plain = store.read_chunk(&chunk, None).unwrap();
         assert_eq!(ChunkId::of_trusted(&plain), chunk.id);
     }
     let stats = store.inner().stats();
@@ -300,7 +317,11 @@ fn a_wrong_key_is_refused() {
 
 #[test]
 fn rollback_is_refused_unless_allowed() {
-    let fx = Fixture::new();
+    rollback_is_refused_unless_allowed_with(Fixture::new());
+    rollback_is_refused_unless_allowed_with(Fixture::v2());
+}
+
+fn rollback_is_refused_unless_allowed_with(fx: Fixture) {
     let mut data = image(4 * 65_536);
     fx.pack(&data, "64K", Compression::Zstd);
     let old_index = std::fs::read(fx.store().index_file("img")).unwrap();
@@ -357,6 +378,7 @@ fn an_index_is_trusted_only_for_the_image_asked_for() {
         compression: Compression::Zstd,
         threads: 1,
         durable: false,
+        frame_shift: fx.frame_shift,
     };
     pack::pack(&fx.path("image2"), &evil, &fx.key, &opts2, &|_| {}).unwrap();
     std::fs::rename(evil.index_file("other"), evil.index_file("img")).unwrap();
@@ -549,6 +571,215 @@ fn prefetched_chunks_are_read_without_fetching_and_the_trace_keeps_read_order() 
     assert_eq!(
         reader.boot_trace(std::time::Duration::from_secs(60)),
         expected
+    );
+}
+
+#[test]
+fn sequential_reads_are_fetched_ahead() {
+    let fx = Fixture::new();
+    let data = image(64 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opened = client::open(&fx.options(&format!("{url}indexes/img.cidx"))).unwrap();
+    let reader = &opened.reader;
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 131_072];
+        reader.read_at(offset as u64, &mut buf).map(|()| buf)
+    };
+    // Two reads in a row make a stream: the next 1 MiB (chunks 4 to 19,
+    // the smallest window) is fetched ahead, but for chunk 5, which
+    // repeats chunk 0, verified already.
+    assert_eq!(read(0).unwrap(), data[..131_072]);
+    assert_eq!(read(131_072).unwrap(), data[131_072..262_144]);
+    reader.settle_read_ahead();
+    assert_eq!(reader.stats().ahead_fetched, 15, "{:?}", reader.stats());
+    // With the server gone, the window reads from memory alone.
+    server.stop();
+    let before = reader.stats();
+    for offset in (262_144..262_144 + 1_048_576).step_by(131_072) {
+        assert_eq!(read(offset).unwrap(), data[offset..offset + 131_072]);
+    }
+    let after = reader.stats();
+    assert_eq!(after.fetched, before.fetched, "{after:?}");
+    assert_eq!(after.ahead, before.ahead + 15, "{after:?}");
+    assert_eq!(after.verified, before.verified + 1, "{after:?}");
+    // Past the window, reads fail (no server) and say why.
+    reader.settle_read_ahead();
+    let past = 262_144 + 1_048_576 + 16 * 65_536 + 65_536;
+    assert!(read(past).is_err());
+}
+
+#[test]
+fn v2_small_reads_fetch_their_frames_and_a_bad_frame_fails_over() {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    assert_eq!(fx.index().version(), 2);
+    // A mirror whose objects each have a byte flipped mid-file (inside
+    // some frame), listed first.
+    let evil_root = fx.path("evil");
+    copy_dir(&fx.path("store"), &evil_root);
+    for n in 0..fx.index().unique_chunks().len() {
+        flip_byte(&fx.chunk_file(&evil_root, n));
+    }
+    let (evil, evil_url) = fx.serve(&evil_root);
+    let (good, good_url) = fx.serve(&fx.path("store"));
+    let mut opts = fx.options(&format!("{good_url}indexes/img.cidx"));
+    opts.cache_dir = None;
+    opts.mirrors = vec![evil_url.clone()];
+    let opened = client::open(&opts).unwrap();
+    // Every 4 KiB block of the image, out of order: each read is one Range
+    // of one 8 KiB frame; a bad frame from a mirror sends that read to the
+    // other mirror, never to the guest.
+    let blocks = data.len() / 4096;
+    for k in (0..blocks).map(|k| (k * 7) % blocks) {
+        let mut buf = vec![0u8; 4096];
+        opened.reader.read_at((k * 4096) as u64, &mut buf).unwrap();
+        assert!(buf == data[k * 4096..(k + 1) * 4096], "block {k}");
+    }
+    let stats = opened.reader.stats();
+    assert!(stats.partial > 0 && stats.fetched == 0, "{stats:?}");
+    let mirrors = opened.http.as_ref().unwrap().stats();
+    let evil_stats = mirrors.iter().find(|m| m.base == evil_url).unwrap();
+    assert!(evil_stats.bad_chunks >= 1, "{mirrors:?}");
+    good.stop();
+
+    // Only the damaging mirror left: a read of a damaged frame is an
+    // error naming the chunk, and the buffer is untouched.
+    let index = fx.index();
+    let damaged = (0..index.chunk_count())
+        .find(|&i| index.chunks[i].is_some())
+        .unwrap();
+    // flip_byte flips the middle of the object: in the chunk's middle frame.
+    let frames = index.chunk_frames(&index.chunks[damaged].unwrap()).unwrap();
+    let middle = frames.stored_total() / 2;
+    let frame = (0..frames.count())
+        .find(|&f| frames.stored_range(f..f + 1).contains(&middle))
+        .unwrap();
+    let opened = client::open(&{
+        let mut o = fx.options(&format!("{evil_url}indexes/img.cidx"));
+        o.cache_dir = None;
+        o
+    })
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let offset = damaged * 65_536 + frame * 8192;
+    match opened.reader.read_at(offset as u64, &mut buf) {
+        Err(ReadError::Chunk { source, .. }) => assert_eq!(source.kind(), ErrorKind::Corrupt),
+        other => panic!("expected a corrupt frame, got {other:?}"),
+    }
+    assert!(buf.iter().all(|&b| b == 0), "no wrong data was written");
+    evil.stop();
+}
+
+/// A static HTTP/1.0 server without Range support (as python's
+/// http.server): every GET gets the whole file, then the connection closes.
+fn serve_without_ranges(root: PathBuf) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split(' ').nth(1).unwrap_or("/").to_owned();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                Ok(body) => stream
+                    .write_all(
+                        format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                            .as_bytes(),
+                    )
+                    .and_then(|()| stream.write_all(&body)),
+                Err(_) => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            };
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn v2_falls_back_to_whole_chunks_without_range_support() {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (url, requests) = serve_without_ranges(fx.path("store"));
+    let opened = client::open(&fx.options(&format!("{url}indexes/img.cidx"))).unwrap();
+    let reader = &opened.reader;
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096], "offset {offset}");
+    };
+    // The first small read asks for a range, gets the whole object, takes
+    // its frame from it (verified); later reads ask for whole chunks,
+    // which are verified whole, cached and kept in memory.
+    read(4 * 65_536 + 8192);
+    assert_eq!(reader.stats().partial, 1);
+    read(3 * 65_536 + 4096);
+    read(3 * 65_536 + 40_960);
+    let stats = reader.stats();
+    assert_eq!((stats.partial, stats.fetched), (1, 1), "{stats:?}");
+    assert_eq!(stats.memory, 1, "{stats:?}");
+    // The index, the published boot list (absent), then two objects.
+    assert_eq!(requests.load(std::sync::atomic::Ordering::Relaxed), 4);
+    let mut out = Vec::new();
+    reader.write_all_to(&mut out, 2).unwrap();
+    assert_eq!(out, data);
+}
+
+#[test]
+fn v2_a_damaged_cached_copy_is_replaced_not_worked_around() {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    // Every chunk in the cache, then a new reader on it.
+    assert_eq!(read_all(&opts).unwrap(), data);
+    let opened = client::open(&opts).unwrap();
+    let reader = &opened.reader;
+    let index = fx.index();
+    let id = index.unique_chunks()[0].id;
+    let pos = (0..index.chunk_count())
+        .find(|&i| index.chunks[i] == Some(id))
+        .unwrap();
+    // flip_byte flips the middle of the file: the first byte of frame 4.
+    flip_byte(&fx.cached_chunk_file(0));
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096], "offset {offset}");
+    };
+    let damaged = pos * 65_536 + 32_768;
+    read(damaged);
+    let stats = reader.stats();
+    // Fetched whole (the cache dropped its bad copy and kept the new one),
+    // not by frames from the network with the bad copy left in place.
+    assert_eq!((stats.fetched, stats.partial), (1, 0), "{stats:?}");
+    server.stop();
+    // Offline, a new reader: the block comes from the new cached copy.
+    let again = client::open(&opts).unwrap();
+    let mut buf = vec![0u8; 4096];
+    again.reader.read_at(damaged as u64, &mut buf).unwrap();
+    assert!(buf == data[damaged..damaged + 4096]);
+    assert_eq!(
+        again.reader.stats().verified,
+        1,
+        "{:?}",
+        again.reader.stats()
     );
 }
 

@@ -18,7 +18,7 @@ use circ_cas::pack::{self, PackOptions};
 use circ_cas::serve::{Server, ServerHandle};
 use circ_cas::session::{open_disk, DiskSession, SessionOptions};
 use circ_cas::store::DirStore;
-use circ_cas::IndexV1;
+use circ_cas::Index;
 use circ_cas::{BlockDevice, DiskError};
 
 const CHUNK: usize = 64 * 1024;
@@ -52,6 +52,7 @@ impl Fixture {
             compression: circ_cas::Compression::Zstd,
             threads: 2,
             durable: false,
+            frame_shift: Some(13),
         };
         let store = DirStore::open(dir.path().join("store"));
         pack::pack(&dir.path().join("image"), &store, &key, &opts, &|_| {}).unwrap();
@@ -93,8 +94,8 @@ impl Fixture {
 
     fn chunk_file(&self, k: usize) -> PathBuf {
         let bytes = std::fs::read(self.path("store/indexes/img.cidx")).unwrap();
-        let index = IndexV1::parse_verified(&bytes, &self.key.public()).unwrap();
-        DirStore::open(self.path("store")).chunk_file(&index.chunks[k].unwrap(), index.compression)
+        let index = Index::parse_verified(&bytes, &self.key.public()).unwrap();
+        DirStore::open(self.path("store")).object_file(&index.chunk_ref(k).unwrap())
     }
 
     fn store_snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
@@ -224,13 +225,15 @@ fn a_corrupt_chunk_fails_only_its_reads() {
 
 #[test]
 fn a_chunk_decompressing_to_other_content_fails_only_its_reads() {
-    // The chunk file keeps its name and decompresses fine, but to other
-    // bytes than the name's SHA-1: the guest gets EIO, never those bytes.
+    // The chunk file keeps its name and its frames decompress fine, but
+    // to other bytes than the index's digests: the guest gets EIO, never
+    // those bytes.
     let fx = Fixture::new();
     let mut wrong = vec![4u8; CHUNK];
     wrong[1000] = 0x44;
-    let frame = zstd::encode_all(wrong.as_slice(), 3).unwrap();
-    std::fs::write(fx.chunk_file(3), frame).unwrap();
+    let (stored, _) =
+        circ_cas::chunk::compress_frames(circ_cas::Compression::Zstd, &wrong, 13).unwrap();
+    std::fs::write(fx.chunk_file(3), stored).unwrap();
     let socket = fx.export(None);
     let (ok, text) = qemu_io(&socket, true, &["read -P 0x04 196608 4k"]);
     assert!(!ok, "a chunk with the wrong content was served: {text}");

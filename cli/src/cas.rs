@@ -46,6 +46,13 @@ pub enum CasCommand {
         chunk_size: ChunkSize,
         #[arg(long, default_value = "zstd", value_parser = ["zstd", "zlib", "none"])]
         compress: String,
+        /// Index format: 2 (frames compressed one by one, digested in the
+        /// index, so a range of a chunk is fetched and verified alone) or 1.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+        format: u16,
+        /// Format 2's frame size: a power of two from 4K to the chunk size.
+        #[arg(long, default_value = "64K")]
+        frame_size: ChunkSize,
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
@@ -196,10 +203,15 @@ pub fn run(cmd: CasCommand) -> anyhow::Result<Exit> {
             name,
             chunk_size,
             compress,
+            format,
+            frame_size,
             threads,
             no_sync,
             json,
         } => {
+            if format == 2 && frame_size.shift() > chunk_size.shift() {
+                anyhow::bail!("--frame-size {frame_size} is larger than --chunk-size {chunk_size}");
+            }
             let name = match name {
                 Some(name) => name,
                 None => image
@@ -214,6 +226,7 @@ pub fn run(cmd: CasCommand) -> anyhow::Result<Exit> {
                 compression: parse_compression(&compress)?,
                 threads: threads.unwrap_or_else(default_threads),
                 durable: !no_sync,
+                frame_shift: (format == 2).then_some(frame_size.shift()),
             };
             pack_cmd(image, store, key, &opts, json)
         }

@@ -179,7 +179,8 @@ fn verify_reports_a_corrupt_chunk_and_cat_refuses_it() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&chunk, bytes).unwrap();
-    let name = chunk.file_stem().unwrap().to_str().unwrap().to_owned();
+    // The chunk's name (a format-2 file is `NAME.f64k.zst`).
+    let name = chunk.file_name().unwrap().to_str().unwrap()[..40].to_owned();
 
     let out = setup.verify(&index_url);
     assert_eq!(
@@ -199,7 +200,7 @@ fn verify_reports_a_corrupt_chunk_and_cat_refuses_it() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&name) && stderr.contains("hashes to"),
+        stderr.contains(&name) && stderr.contains("index's digest"),
         "{stderr}"
     );
     // Whatever was written before the bad chunk is a correct prefix.
@@ -482,8 +483,9 @@ fn unusable_rollback_state_fails_closed() {
 #[test]
 fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
     // As the lab does it: chunk 4's plaintext changed, packed on its own
-    // (so compressed as the image's chunks are), its file copied over the
-    // good chunk's. It decompresses fine; its SHA-1 is not its name.
+    // (so compressed as the image's chunks are, format 2: 64 KiB frames),
+    // its file copied over the good chunk's. It decompresses fine; its
+    // frame's BLAKE3 is not the index's.
     let setup = Setup::new("zstd");
     let chunk = 65_536;
     let good = &setup.image[4 * chunk..5 * chunk];
@@ -516,7 +518,7 @@ fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
     let target = setup
         .p("store/chunks")
         .join(&name[..2])
-        .join(format!("{name}.zst"));
+        .join(format!("{name}.f64k.zst"));
     assert!(target.exists(), "chunk 4 is {name}");
     std::fs::write(&target, frame).unwrap();
 
@@ -527,7 +529,7 @@ fn a_chunk_decompressing_to_other_content_is_refused_with_both_servers() {
         let out = setup.cat(&url, &[]);
         assert!(!out.status.success(), "{which}: wrong content served");
         assert!(
-            stderr(&out).contains(&name) && stderr(&out).contains("hashes to"),
+            stderr(&out).contains(&name) && stderr(&out).contains("index's digest"),
             "{which}: {}",
             stderr(&out)
         );

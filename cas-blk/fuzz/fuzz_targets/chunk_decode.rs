@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         id: ChunkId::from_bytes([selector; 20]),
         compression,
         len: 4096 << (selector % 4),
+        frame_shift: None,
     };
     let _ = decode_verified(&chunk, stored);
 });

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::dir::{read_bounded, write_atomic};
-use super::{ChunkCheck, ChunkStore, StoreError};
+use super::{ChunkCheck, ChunkStore, FrameCheck, StoreError};
 use crate::chunk::{ChunkError, ChunkRef, Compression};
 use crate::layout;
 
@@ -241,6 +241,20 @@ impl<S: ChunkStore> ChunkStore for CacheStore<S> {
                 check,
             },
         )
+    }
+
+    /// Partial fetches pass through: the cache keeps whole chunks only
+    /// (the reader serves cached chunks' frames from their plain files).
+    fn fetch_frames(
+        &self,
+        chunk: &ChunkRef,
+        check: &dyn FrameCheck,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.fetch_frames(chunk, check)
+    }
+
+    fn ranges_pay(&self) -> bool {
+        self.inner.ranges_pay()
     }
 
     fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {

@@ -6,7 +6,7 @@ use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ChunkCheck, ChunkStore, StoreError};
+use super::{ChunkCheck, ChunkStore, FrameCheck, StoreError};
 use crate::chunk::{ChunkId, ChunkRef, Compression};
 use crate::layout;
 
@@ -40,6 +40,11 @@ impl DirStore {
         self.root.join(layout::chunk_path(id, compression))
     }
 
+    /// Where `chunk`'s stored object (either format) is.
+    pub fn object_file(&self, chunk: &ChunkRef) -> PathBuf {
+        self.root.join(chunk.path())
+    }
+
     pub fn index_file(&self, name: &str) -> PathBuf {
         self.root.join(layout::index_path(name))
     }
@@ -58,6 +63,15 @@ impl DirStore {
         durable: bool,
     ) -> io::Result<()> {
         let path = self.chunk_file(id, compression);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_atomic(&path, stored, durable)
+    }
+
+    /// Stores a chunk's stored object (either format), atomically.
+    pub fn put_object(&self, chunk: &ChunkRef, stored: &[u8], durable: bool) -> io::Result<()> {
+        let path = self.object_file(chunk);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -106,8 +120,49 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>
 }
 
 impl ChunkStore for DirStore {
+    fn fetch_frames(
+        &self,
+        chunk: &ChunkRef,
+        check: &dyn FrameCheck,
+    ) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.object_file(chunk);
+        let range = check.stored_range();
+        let mut stored = vec![0u8; (range.end - range.start) as usize];
+        let read =
+            fs::File::open(&path).and_then(|file| file.read_exact_at(&mut stored, range.start));
+        match read {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    chunk: chunk.id,
+                    source_name: self.root.display().to_string(),
+                })
+            }
+            // A short object is a bad copy, not an outage.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::Corrupt {
+                    chunk: chunk.id,
+                    source_name: self.root.display().to_string(),
+                    source: crate::chunk::ChunkError::Frames(format!(
+                        "object shorter than its frames ({} bytes needed)",
+                        range.end
+                    )),
+                })
+            }
+            Err(source) => return Err(StoreError::Io { path, source }),
+        }
+        check
+            .check(chunk, range.start, &stored)
+            .map_err(|source| StoreError::Corrupt {
+                chunk: chunk.id,
+                source_name: self.root.display().to_string(),
+                source,
+            })
+    }
+
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError> {
-        let path = self.chunk_file(&chunk.id, chunk.compression);
+        let path = self.object_file(chunk);
         let source_name = || self.root.display().to_string();
         let stored = match read_bounded(&path, chunk.max_stored_len()) {
             Ok(Some(stored)) => stored,

@@ -7,13 +7,66 @@
 //! skipped for this fetch and backed off for the next ones.
 //! Connections are kept alive and reused (ureq's pool).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{ChunkCheck, ChunkStore, StoreError};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+use super::{ChunkCheck, ChunkStore, FrameCheck, StoreError};
 use crate::chunk::ChunkRef;
 use crate::error_chain;
-use crate::layout;
+
+/// How long a mirror's resolved addresses are reused.
+const RESOLVED_TTL: Duration = Duration::from_secs(60);
+
+/// Resolves mirror hosts without a thread per request. ureq's default
+/// resolver spawns a thread for every request whenever a timeout applies
+/// (ours always do), even for an IP literal and a pooled connection: 1 to
+/// 3 ms per request on a loaded 2-core host, most of a small read's time.
+/// IP literals are parsed here; host names go to the default resolver
+/// (with its timeout) and are kept for `RESOLVED_TTL`.
+#[derive(Debug, Default)]
+struct MirrorResolver {
+    default: DefaultResolver,
+    resolved: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for MirrorResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let Some(authority) = uri.authority() else {
+            return self.default.resolve(uri, config, timeout);
+        };
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let mut addrs = self.empty();
+            addrs.push(SocketAddr::new(ip, port));
+            return Ok(addrs);
+        }
+        let key = format!("{host}:{port}");
+        if let Some((at, addrs)) = lock(&self.resolved).get(&key) {
+            if at.elapsed() < RESOLVED_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.default.resolve(uri, config, timeout)?;
+        lock(&self.resolved).insert(key, (Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+}
 
 /// Weight of the newest sample in the latency average.
 const EWMA_WEIGHT: f64 = 0.3;
@@ -45,6 +98,8 @@ pub enum HttpError {
     Transport(#[from] ureq::Error),
     #[error("only http:// mirrors are supported: {0}")]
     Scheme(String),
+    #[error("partial reply does not match the range asked for: {0}")]
+    BadRange(String),
 }
 
 /// One mirror's failure to serve a file.
@@ -77,6 +132,21 @@ pub struct MirrorStats {
 struct Mirror {
     base: String,
     state: Mutex<MirrorState>,
+    /// Whether the mirror answers Range requests: `RANGES_UNKNOWN` until
+    /// it answered one.
+    ranges: AtomicU8,
+}
+
+const RANGES_UNKNOWN: u8 = 0;
+const RANGES_YES: u8 = 1;
+const RANGES_NO: u8 = 2;
+
+/// A mirror's answer to a Range request.
+enum RangeReply {
+    /// `206 Partial Content` of exactly the range asked for.
+    Partial(Vec<u8>),
+    /// `200 OK`: the whole object (the server ignores ranges).
+    Whole(Vec<u8>),
 }
 
 #[derive(Debug, Default)]
@@ -112,18 +182,26 @@ impl HttpStore {
             mirrors.push(Mirror {
                 base,
                 state: Mutex::default(),
+                ranges: AtomicU8::new(RANGES_UNKNOWN),
             });
         }
-        let agent = ureq::Agent::new_with_config(
+        let agent = ureq::Agent::with_parts(
             ureq::Agent::config_builder()
                 // Never an environment proxy: only the mirrors given.
                 .proxy(None)
                 .http_status_as_error(false)
                 .max_redirects(0)
+                // Reads, read-ahead and the boot prefetch fetch in parallel:
+                // keep a connection alive for each (ureq keeps 3 per host
+                // by default, and opens a new one for every fetch past it).
+                .max_idle_connections(64)
+                .max_idle_connections_per_host(16)
                 .timeout_connect(Some(config.connect_timeout))
                 .timeout_global(Some(config.request_timeout))
                 .user_agent(concat!("circ-cas/", env!("CARGO_PKG_VERSION")))
                 .build(),
+            DefaultConnector::new(),
+            MirrorResolver::default(),
         );
         Ok(Self { agent, mirrors })
     }
@@ -212,6 +290,73 @@ impl HttpStore {
         }
     }
 
+    /// GETs bytes `range` of `url`; a server that ignores ranges answers
+    /// with the whole file (at most `whole_limit` bytes). `Ok(None)` is 404.
+    fn get_range(
+        &self,
+        url: &str,
+        range: &Range<u64>,
+        whole_limit: u64,
+    ) -> Result<Option<RangeReply>, HttpError> {
+        let mut response = self
+            .agent
+            .get(url)
+            .header("Range", format!("bytes={}-{}", range.start, range.end - 1))
+            .call()?;
+        let status = response.status().as_u16();
+        let want = range.end - range.start;
+        let limit = match status {
+            200 => whole_limit,
+            206 => {
+                // Exactly the range asked for, or the reply is refused.
+                let content_range = response
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let expected = format!("bytes {}-{}/", range.start, range.end - 1);
+                if !content_range.starts_with(&expected) {
+                    return Err(HttpError::BadRange(content_range.to_owned()));
+                }
+                want
+            }
+            404 | 410 => return Ok(None),
+            other => return Err(HttpError::Status(other)),
+        };
+        if response
+            .body()
+            .content_length()
+            .is_some_and(|len| len > limit)
+        {
+            return Err(HttpError::TooLarge(limit));
+        }
+        // ureq's limit refuses a body of exactly `limit` bytes (it fails
+        // the read that would see the end): allow one more, then check.
+        let body = match response
+            .body_mut()
+            .with_config()
+            .limit(limit + 1)
+            .read_to_vec()
+        {
+            Ok(body) if body.len() as u64 <= limit => body,
+            Ok(_) | Err(ureq::Error::BodyExceedsLimit(_)) => {
+                return Err(HttpError::TooLarge(limit))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if status == 206 {
+            if body.len() as u64 != want {
+                return Err(HttpError::BadRange(format!(
+                    "{} bytes for a range of {want}",
+                    body.len()
+                )));
+            }
+            Ok(Some(RangeReply::Partial(body)))
+        } else {
+            Ok(Some(RangeReply::Whole(body)))
+        }
+    }
+
     /// Fetches the file at `rel` (relative to the store root) from the
     /// mirrors in order, returning the first copy `accept` takes, or every
     /// mirror's failure. For indexes: `accept` checks the signature.
@@ -268,8 +413,87 @@ impl HttpStore {
 }
 
 impl ChunkStore for HttpStore {
+    /// One Range request per mirror tried; a mirror that answers with the
+    /// whole object is remembered and asked for whole objects from then on
+    /// (the frames wanted are still taken from it and checked).
+    fn fetch_frames(
+        &self,
+        chunk: &ChunkRef,
+        check: &dyn FrameCheck,
+    ) -> Result<Vec<u8>, StoreError> {
+        let rel = chunk.path();
+        let range = check.stored_range();
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let mirror = &self.mirrors[i];
+            let url = format!("{}{rel}", mirror.base);
+            let started = Instant::now();
+            let reply = if mirror.ranges.load(Ordering::Relaxed) == RANGES_NO {
+                self.get(&url, chunk.max_stored_len())
+                    .map(|found| found.map(RangeReply::Whole))
+            } else {
+                self.get_range(&url, &range, chunk.max_stored_len())
+            };
+            let checked = match reply {
+                Ok(Some(RangeReply::Partial(stored))) => {
+                    mirror.ranges.store(RANGES_YES, Ordering::Relaxed);
+                    Ok(check.check(chunk, range.start, &stored))
+                }
+                Ok(Some(RangeReply::Whole(stored))) => {
+                    if mirror.ranges.swap(RANGES_NO, Ordering::Relaxed) != RANGES_NO {
+                        tracing::info!(
+                            mirror = mirror.base,
+                            "mirror ignores Range requests, fetching whole chunks from it"
+                        );
+                    }
+                    Ok(check.check(chunk, 0, &stored))
+                }
+                Ok(None) => Err(StoreError::NotFound {
+                    chunk: chunk.id,
+                    source_name: mirror.base.clone(),
+                }),
+                Err(error @ (HttpError::TooLarge(_) | HttpError::BadRange(_))) => {
+                    if self.record_failure(i, true) {
+                        tracing::warn!(chunk = %chunk.id, url, error = %error, "mirror sent a bad reply");
+                    }
+                    Err(StoreError::Http { url, source: error })
+                }
+                Err(source) => {
+                    if self.record_failure(i, false) {
+                        tracing::warn!(chunk = %chunk.id, url, error = %error_chain(&source), "mirror failed");
+                    }
+                    Err(StoreError::Http { url, source })
+                }
+            };
+            match checked {
+                Ok(Ok(plain)) => {
+                    self.record_ok(i, started.elapsed());
+                    return Ok(plain);
+                }
+                Ok(Err(source)) => {
+                    if self.record_failure(i, true) {
+                        tracing::warn!(chunk = %chunk.id, mirror = mirror.base, error = %source, "mirror served bad frames");
+                    }
+                    failures.push(StoreError::Corrupt {
+                        chunk: chunk.id,
+                        source_name: mirror.base.clone(),
+                        source,
+                    });
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        Err(StoreError::merge(chunk.id, failures))
+    }
+
+    fn ranges_pay(&self) -> bool {
+        self.mirrors
+            .iter()
+            .any(|m| m.ranges.load(Ordering::Relaxed) != RANGES_NO)
+    }
+
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError> {
-        let rel = layout::chunk_path(&chunk.id, chunk.compression);
+        let rel = chunk.path();
         let mut failures = Vec::new();
         for i in self.order() {
             let url = format!("{}{rel}", self.mirrors[i].base);
@@ -327,4 +551,45 @@ impl ChunkStore for HttpStore {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Statistics stay usable even if a thread panicked while holding them.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(resolver: &MirrorResolver, url: &str) -> Vec<SocketAddr> {
+        let uri: ureq::http::Uri = url.parse().unwrap();
+        let config = ureq::config::Config::default();
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::from_secs(5),
+            reason: ureq::Timeout::Resolve,
+            ..NextTimeout::default()
+        };
+        resolver
+            .resolve(&uri, &config, timeout)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn ip_literals_are_parsed_and_names_resolved_once() {
+        let resolver = MirrorResolver::default();
+        assert_eq!(
+            resolve(&resolver, "http://127.0.0.1:8080/s/"),
+            vec!["127.0.0.1:8080".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve(&resolver, "http://[::1]/s/"),
+            vec!["[::1]:80".parse().unwrap()]
+        );
+        assert!(lock(&resolver.resolved).is_empty());
+        let first = resolve(&resolver, "http://localhost:8080/s/");
+        assert!(first
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8080));
+        assert_eq!(lock(&resolver.resolved).len(), 1);
+        assert_eq!(resolve(&resolver, "http://localhost:8080/other"), first);
+    }
 }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 pub use cache::CacheStore;
 pub use dir::DirStore;
 pub use http::{FetchFailure, HttpConfig, HttpError, HttpStore, MirrorStats};
-pub use verify::{ChunkVerifier, VerifyingStore};
+pub use verify::{ChunkVerifier, FramedVerifier, VerifyingStore};
+
+use std::ops::Range;
 
 use crate::chunk::{ChunkError, ChunkId, ChunkRef};
 
@@ -30,11 +32,34 @@ pub trait ChunkCheck: Sync {
     fn check(&self, chunk: &ChunkRef, stored: &[u8]) -> Result<Vec<u8>, ChunkError>;
 }
 
+/// Accepts or refuses stored bytes of some frames of a format-2 chunk.
+pub trait FrameCheck: Sync {
+    /// The stored bytes wanted (a run of whole frames).
+    fn stored_range(&self) -> Range<u64>;
+    /// The verified plain content of the wanted frames, from stored bytes
+    /// starting `at` bytes into the object (the wanted range, or the whole
+    /// object from a source that cannot serve ranges).
+    fn check(&self, chunk: &ChunkRef, at: u64, stored: &[u8]) -> Result<Vec<u8>, ChunkError>;
+}
+
 /// A source of chunks.
 pub trait ChunkStore: Send + Sync + fmt::Debug {
     /// Returns the content of the first copy of `chunk` that `check`
     /// accepts, trying every source this store has.
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError>;
+
+    /// Format 2: the content of some frames of `chunk` (`check` says which
+    /// stored bytes), from the first source whose copy `check` accepts,
+    /// without fetching the whole chunk where the source allows.
+    fn fetch_frames(&self, chunk: &ChunkRef, check: &dyn FrameCheck)
+        -> Result<Vec<u8>, StoreError>;
+
+    /// Whether partial fetches are worth it: false when every source is
+    /// known to answer a range with the whole object (python's
+    /// http.server), so whole chunks (verified and cached whole) are better.
+    fn ranges_pay(&self) -> bool {
+        true
+    }
 
     /// A local file that holds (or held) `chunk`'s plain content, if this
     /// store keeps one: the reader takes small pieces of it directly. Its
@@ -49,6 +74,18 @@ impl<S: ChunkStore + ?Sized> ChunkStore for Box<S> {
         (**self).fetch(chunk, check)
     }
 
+    fn fetch_frames(
+        &self,
+        chunk: &ChunkRef,
+        check: &dyn FrameCheck,
+    ) -> Result<Vec<u8>, StoreError> {
+        (**self).fetch_frames(chunk, check)
+    }
+
+    fn ranges_pay(&self) -> bool {
+        (**self).ranges_pay()
+    }
+
     fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
         (**self).plain_file(chunk)
     }
@@ -57,6 +94,18 @@ impl<S: ChunkStore + ?Sized> ChunkStore for Box<S> {
 impl<S: ChunkStore + ?Sized> ChunkStore for Arc<S> {
     fn fetch(&self, chunk: &ChunkRef, check: &dyn ChunkCheck) -> Result<Vec<u8>, StoreError> {
         (**self).fetch(chunk, check)
+    }
+
+    fn fetch_frames(
+        &self,
+        chunk: &ChunkRef,
+        check: &dyn FrameCheck,
+    ) -> Result<Vec<u8>, StoreError> {
+        (**self).fetch_frames(chunk, check)
+    }
+
+    fn ranges_pay(&self) -> bool {
+        (**self).ranges_pay()
     }
 
     fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
@@ -94,6 +143,24 @@ impl<A: ChunkStore, B: ChunkStore> ChunkStore for Fallback<A, B> {
         self.primary
             .plain_file(chunk)
             .or_else(|| self.fallback.plain_file(chunk))
+    }
+
+    fn fetch_frames(
+        &self,
+        chunk: &ChunkRef,
+        check: &dyn FrameCheck,
+    ) -> Result<Vec<u8>, StoreError> {
+        match self.primary.fetch_frames(chunk, check) {
+            Ok(plain) => Ok(plain),
+            Err(first) => self
+                .fallback
+                .fetch_frames(chunk, check)
+                .map_err(|second| StoreError::merge(chunk.id, vec![first, second])),
+        }
+    }
+
+    fn ranges_pay(&self) -> bool {
+        self.primary.ranges_pay() || self.fallback.ranges_pay()
     }
 }
 
