@@ -46,6 +46,16 @@
 /* The secret pattern in the callee-saved registers: PATTERN ^ 1..6. */
 #define PATTERN 0x5ec2e75ec2e75e00UL
 #define NR_PATTERN_REGS 6
+/*
+ * And in the FPU/SSE state: PATTERN ^ 0x18..0x1f in both halves of
+ * xmm8-xmm15, MXCSR and the x87 control word with rounding toward zero
+ * (the defaults are 0x1f80 and 0x037f).
+ */
+#define FP_MXCSR 0x7f80
+#define FP_FCW 0x0f7f
+#define NR_FP_PATTERN 10
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static int checks, failed;
 
@@ -109,32 +119,49 @@ static long int81_register(const uint64_t token[4])
  * uint64_t block_int81(int ready_fd, int read_fd, uint64_t pattern)
  * uint64_t block_syscall(...): the same with `syscall`.
  *
- * Loads PATTERN ^ k into rbx, rbp, r12-r15 (k = 1..6), writes one byte to
- * ready_fd, then blocks in read(read_fd, 1 byte). Returns the read's result
- * (low 32 bits, signed) and, in bits 32-37, which of the six registers did
- * not hold its value after the calls.
+ * Loads PATTERN ^ k into rbx, rbp, r12-r15 (k = 1..6) and the FPU pattern
+ * (above), writes one byte to ready_fd, then blocks in read(read_fd, 1
+ * byte). Returns the read's result (low 32 bits, signed) and, in bits
+ * 32-47, which registers did not hold their value after the calls: bits
+ * 32-37 the six, 38-45 xmm8-xmm15, 46 MXCSR, 47 the x87 control word.
  */
 #define REG_CHECK(reg, k)                                                      \
     "  mov %rcx, %rdx\n  xor $" #k ", %rdx\n  cmp %rdx, %" #reg "\n"          \
     "  je 1f\n  or $(1 << (" #k " - 1)), %r9\n1:\n"
+/* xmm<n> = pattern ^ (0x10 + n) in both halves (SSE2 only: qemu64). */
+#define XMM_LOAD(n)                                                            \
+    "  mov %rdx, %rax\n  xor $(0x10 + " #n "), %rax\n"                        \
+    "  movq %rax, %xmm" #n "\n  punpcklqdq %xmm" #n ", %xmm" #n "\n"
+#define XMM_CHECK(n, bit)                                                      \
+    "  mov %rcx, %rdx\n  xor $(0x10 + " #n "), %rdx\n"                        \
+    "  movq %xmm" #n ", %rax\n  cmp %rdx, %rax\n  jne 3f\n"                   \
+    "  pshufd $0x4e, %xmm" #n ", %xmm0\n  movq %xmm0, %rax\n"                \
+    "  cmp %rdx, %rax\n  je 1f\n3:\n  or $(1 << " #bit "), %r9\n1:\n"
 /*
  * The pieces BLOCK_FN and SPIN_FN share: FN_START saves the callee-saved
- * registers, loads the pattern (pattern ^ k into the k-th of rbx, rbp,
- * r12-r15), clears the unused argument registers and makes the ready
- * write(ready_fd, "*", 1) with `insn`; FN_CHECK leaves in r9 bits 32-37 the
- * registers that lost their value; FN_END restores and returns.
+ * registers, MXCSR and the x87 control word, loads the pattern (pattern ^ k
+ * into the k-th of rbx, rbp, r12-r15, and the FPU pattern), clears the
+ * unused argument registers and makes the ready write(ready_fd, "*", 1)
+ * with `insn`; FN_CHECK leaves in r9 bits 32-47 the registers that lost
+ * their value; FN_END restores and returns. Frame: 0 the byte, 8 pattern,
+ * 16 the second argument, 24 MXCSR, 28 control word, 32 scratch.
  */
 #define FN_START(name, insn)                                                   \
     ".text\n.globl " #name "\n.type " #name ",@function\n" #name ":\n"       \
     "  push %rbx\n  push %rbp\n  push %r12\n  push %r13\n"                   \
-    "  push %r14\n  push %r15\n  sub $24, %rsp\n"                            \
+    "  push %r14\n  push %r15\n  sub $40, %rsp\n"                            \
     "  mov %rdx, 8(%rsp)\n  mov %rsi, 16(%rsp)\n"                             \
+    "  stmxcsr 24(%rsp)\n  fnstcw 28(%rsp)\n"                                 \
     "  mov %rdx, %rbx\n  xor $1, %rbx\n"                                      \
     "  mov %rdx, %rbp\n  xor $2, %rbp\n"                                      \
     "  mov %rdx, %r12\n  xor $3, %r12\n"                                      \
     "  mov %rdx, %r13\n  xor $4, %r13\n"                                      \
     "  mov %rdx, %r14\n  xor $5, %r14\n"                                      \
     "  mov %rdx, %r15\n  xor $6, %r15\n"                                      \
+    XMM_LOAD(8) XMM_LOAD(9) XMM_LOAD(10) XMM_LOAD(11)                         \
+    XMM_LOAD(12) XMM_LOAD(13) XMM_LOAD(14) XMM_LOAD(15)                       \
+    "  movl $" STR(FP_MXCSR) ", 32(%rsp)\n  ldmxcsr 32(%rsp)\n"                \
+    "  movw $" STR(FP_FCW) ", 32(%rsp)\n  fldcw 32(%rsp)\n"                    \
     "  xor %r8d, %r8d\n  xor %r9d, %r9d\n  xor %r10d, %r10d\n"                \
     "  movb $0x2a, (%rsp)\n"                                                  \
     "  mov $1, %eax\n  lea (%rsp), %rsi\n  mov $1, %edx\n  " insn "\n"
@@ -142,9 +169,16 @@ static long int81_register(const uint64_t token[4])
     "  mov 8(%rsp), %rcx\n  xor %r9, %r9\n"                                   \
     REG_CHECK(rbx, 1) REG_CHECK(rbp, 2) REG_CHECK(r12, 3)                     \
     REG_CHECK(r13, 4) REG_CHECK(r14, 5) REG_CHECK(r15, 6)                     \
+    XMM_CHECK(8, 6) XMM_CHECK(9, 7) XMM_CHECK(10, 8) XMM_CHECK(11, 9)         \
+    XMM_CHECK(12, 10) XMM_CHECK(13, 11) XMM_CHECK(14, 12) XMM_CHECK(15, 13)   \
+    "  stmxcsr 32(%rsp)\n  cmpl $" STR(FP_MXCSR) ", 32(%rsp)\n"               \
+    "  je 1f\n  or $(1 << 14), %r9\n1:\n"                                     \
+    "  fnstcw 32(%rsp)\n  cmpw $" STR(FP_FCW) ", 32(%rsp)\n"                  \
+    "  je 1f\n  or $(1 << 15), %r9\n1:\n"                                     \
     "  shl $32, %r9\n"
 #define FN_END(name)                                                           \
-    "  add $24, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"                   \
+    "  ldmxcsr 24(%rsp)\n  fldcw 28(%rsp)\n"                                  \
+    "  add $40, %rsp\n  pop %r15\n  pop %r14\n  pop %r13\n"                   \
     "  pop %r12\n  pop %rbp\n  pop %rbx\n  ret\n"                             \
     ".size " #name ", .-" #name "\n"
 #define BLOCK_FN(name, insn)                                                   \
@@ -162,7 +196,7 @@ static long int81_register(const uint64_t token[4])
  * Loads the pattern as BLOCK_FN does, writes the ready byte, then spins in
  * user mode, making no call, until *flag is set: whatever the kernel sees
  * of it then comes from an interrupt or event, not a call. Returns the
- * mask of changed registers in bits 32-37.
+ * mask of changed registers in bits 32-47, as BLOCK_FN.
  */
 #define SPIN_FN(name, insn)                                                    \
     __asm__(FN_START(name, insn)                                               \
@@ -322,13 +356,41 @@ static int pattern_in_regs(const struct user_regs_struct *r)
     return seen;
 }
 
+/*
+ * How many of the FPU pattern words guest root sees in PTRACE_GETFPREGS:
+ * xmm8-xmm15 holding their pattern in either half, the pattern MXCSR and
+ * the pattern x87 control word. Only those: the other XMM registers are
+ * the compiler's, and may hold copies of PATTERN from the probe's own C.
+ */
+static int pattern_in_fpregs(const struct user_fpregs_struct *f)
+{
+    int seen = 0, i;
+
+    for (i = 8; i < 16; i++) {
+        uint64_t lo, hi, want = PATTERN ^ (0x10 + i);
+
+        memcpy(&lo, &f->xmm_space[4 * i], sizeof(lo));
+        memcpy(&hi, &f->xmm_space[4 * i + 2], sizeof(hi));
+        if (lo == want || hi == want)
+            seen++;
+    }
+    if (f->mxcsr == FP_MXCSR)
+        seen++;
+    if (f->cwd == FP_FCW)
+        seen++;
+    return seen;
+}
+
 /* Guest root's view, by ptrace, of `pid` blocked in its read: how many of the
- * six pattern registers PTRACE_GETREGS shows (-1 if the probe failed). */
-static int ptrace_probe(const char *who, pid_t pid)
+ * six pattern registers PTRACE_GETREGS shows, and in *fp_seen how many FPU
+ * pattern words PTRACE_GETFPREGS shows (-1 if the probe failed). */
+static int ptrace_probe(const char *who, pid_t pid, int *fp_seen)
 {
     struct user_regs_struct regs;
+    struct user_fpregs_struct fpregs;
     int status, seen = -1;
 
+    *fp_seen = -1;
     if (ptrace(PTRACE_ATTACH, pid, 0, 0) != 0) {
         say("circ-tsys: %s: PTRACE_ATTACH: %s", who, strerror(errno));
         return -1;
@@ -340,6 +402,18 @@ static int ptrace_probe(const char *who, pid_t pid)
             "r14=%#llx r15=%#llx rcx=%#llx rip=%#llx rsp=%#llx",
             who, regs.rbx, regs.rbp, regs.r12, regs.r13, regs.r14, regs.r15, regs.rcx,
             regs.rip, regs.rsp);
+    }
+    if (WIFSTOPPED(status) && ptrace(PTRACE_GETFPREGS, pid, 0, &fpregs) == 0) {
+        uint64_t xmm8[2], xmm15[2];
+
+        memcpy(xmm8, &fpregs.xmm_space[4 * 8], sizeof(xmm8));
+        memcpy(xmm15, &fpregs.xmm_space[4 * 15], sizeof(xmm15));
+        *fp_seen = pattern_in_fpregs(&fpregs);
+        say("circ-tsys: info %s-getfpregs xmm8=%#llx:%#llx xmm15=%#llx:%#llx "
+            "mxcsr=%#x cwd=%#x",
+            who, (unsigned long long)xmm8[1], (unsigned long long)xmm8[0],
+            (unsigned long long)xmm15[1], (unsigned long long)xmm15[0],
+            fpregs.mxcsr, fpregs.cwd);
     }
     ptrace(PTRACE_DETACH, pid, 0, 0);
     return seen;
@@ -601,7 +675,8 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
 
         check("trusted-regs-restored", ret == 1 && after == 0,
               "after a read that guest root interrupted with ptrace (%d), the trusted "
-              "process's changed registers: mask %#x", ret, after);
+              "process's changed registers: mask %#x (bits 0-5 rbx, rbp, r12-r15; "
+              "6-13 xmm8-15; 14 MXCSR; 15 x87 control word)", ret, after);
         check("trusted-memory-restored", secret_intact(),
               "the secret page after the call: %s",
               secret_intact() ? "intact" : "CHANGED");
@@ -686,7 +761,7 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
 
 static void trusted_checks(const uint64_t *token)
 {
-    int ready[2], data[2], status, seen, i;
+    int ready[2], data[2], status, seen, fp_seen, i;
     char go[16];
     pid_t pid;
 
@@ -711,10 +786,14 @@ static void trusted_checks(const uint64_t *token)
               "secret words guest root read of the trusted process's private page while "
               "it blocked in read: /proc/PID/mem %d, process_vm_readv %d (of %d)",
               mem, vm, SECRET_WORDS);
-        seen = ptrace_probe("trusted", pid);
+        seen = ptrace_probe("trusted", pid, &fp_seen);
         check("trusted-regs-hidden", seen == 0,
               "pattern registers guest root saw in PTRACE_GETREGS while the trusted "
               "process blocked in read: %d of %d", seen, NR_PATTERN_REGS);
+        check("trusted-fpu-hidden", fp_seen == 0,
+              "FPU pattern words (xmm8-15, MXCSR, x87 control word) guest root saw in "
+              "PTRACE_GETFPREGS while the trusted process blocked in read: %d of %d",
+              fp_seen, NR_FP_PATTERN);
         usleep(100000);
         (void)!write(data[1], "x", 1);
     }
@@ -737,10 +816,13 @@ static void trusted_checks(const uint64_t *token)
         char c;
         if (read(ready[0], &c, 1) == 1) {
             usleep(300000);
-            seen = ptrace_probe("trusted-running", pid);
+            seen = ptrace_probe("trusted-running", pid, &fp_seen);
             check("trusted-regs-hidden-running", seen == 0,
                   "pattern registers guest root saw in PTRACE_GETREGS after stopping the "
                   "trusted process in user mode: %d of %d", seen, NR_PATTERN_REGS);
+            check("trusted-fpu-hidden-running", fp_seen == 0,
+                  "FPU pattern words guest root saw in PTRACE_GETFPREGS after stopping "
+                  "the trusted process in user mode: %d of %d", fp_seen, NR_FP_PATTERN);
         }
         *flag = 1;
     }
@@ -756,7 +838,7 @@ static void trusted_checks(const uint64_t *token)
 /* The untrusted twin: the same code with `syscall`; guest root sees it all. */
 static void twin_checks(void)
 {
-    int ready[2], data[2], result[2], seen;
+    int ready[2], data[2], result[2], seen, fp_seen;
     pid_t pid;
 
     if (pipe(ready) || pipe(data) || pipe(result) || (!secret_page && map_secret_page()))
@@ -778,10 +860,13 @@ static void twin_checks(void)
         check("twin-memory-visible", mem == SECRET_WORDS && vm == SECRET_WORDS,
               "secret words guest root read of the untrusted twin's page: /proc/PID/mem "
               "%d, process_vm_readv %d (of %d)", mem, vm, SECRET_WORDS);
-        seen = ptrace_probe("twin", pid);
+        seen = ptrace_probe("twin", pid, &fp_seen);
         check("twin-regs-visible", seen == NR_PATTERN_REGS,
               "pattern registers guest root saw for the untrusted twin: %d of %d",
               seen, NR_PATTERN_REGS);
+        check("twin-fpu-visible", fp_seen == NR_FP_PATTERN,
+              "FPU pattern words guest root saw for the untrusted twin: %d of %d",
+              fp_seen, NR_FP_PATTERN);
         usleep(100000);
         (void)!write(data[1], "x", 1);
         if (read(result[0], &r, sizeof(r)) == sizeof(r))
@@ -809,10 +894,13 @@ static void twin_checks(void)
         }
         if (read(ready[0], &c, 1) == 1) {
             usleep(300000);
-            seen = ptrace_probe("twin-running", pid);
+            seen = ptrace_probe("twin-running", pid, &fp_seen);
             check("twin-regs-visible-running", seen == NR_PATTERN_REGS,
                   "pattern registers guest root saw for the untrusted twin stopped in "
                   "user mode: %d of %d", seen, NR_PATTERN_REGS);
+            check("twin-fpu-visible-running", fp_seen == NR_FP_PATTERN,
+                  "FPU pattern words guest root saw for the untrusted twin stopped in "
+                  "user mode: %d of %d", fp_seen, NR_FP_PATTERN);
         }
         *flag = 1;
         if (read(result[0], &r, sizeof(r)) == sizeof(r))

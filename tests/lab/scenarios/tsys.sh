@@ -7,8 +7,9 @@
 # - patched Xen: `circ tsys authorise` arms Xen and writes the token. The
 #   probe's trusted process registers with it and makes calls through
 #   int 0x81; guest root ptraces it while it blocks in a read and must not
-#   see the secret pattern in its callee-saved registers, while it does see
-#   it for an untrusted twin doing the same with `syscall`. dom0 lists the
+#   see the secret pattern in its callee-saved registers nor in its FPU/SSE
+#   state (xmm8-15, MXCSR, x87 control word), while it does see both for an
+#   untrusted twin doing the same with `syscall`. dom0 lists the
 #   trusted process while it blocks, and sees the registration end with it.
 # - stock Xen: `circ tsys authorise` must fail cleanly; the scenario writes
 #   "none" and the probe checks only that an untrusted int 0x81 still gets
@@ -47,7 +48,7 @@ if [ "$LAB_XEN" = stock ]; then
          grep -q 'no trusted system calls' '$LAB_OUT/authorise-stock.err'"
     check "circ tsys list refuses cleanly on stock Xen" sh -c "! circ tsys list $dom"
     xenstore-write "$(node token)" none
-    expected_guest_checks=10
+    expected_guest_checks=12
 else
     check "circ tsys list before authorising" list_json before
     check_json "domain not authorised before" "$LAB_OUT/before.json" \
@@ -83,7 +84,7 @@ else
             wait_for 300 guest_node_is state "want-token-$i"
         check "applet $i: circ tsys authorise" circ tsys authorise "$dom"
     done
-    expected_guest_checks=30
+    expected_guest_checks=34
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"
@@ -112,6 +113,9 @@ if [ "$LAB_XEN" != stock ]; then
     check "Xen logged the registration" grep -q "tsys: registered" "$LAB_OUT/xen-dmesg-tsys.log"
     check "Xen logged the end of the registration" \
         grep -q "tsys: l4 .* gone, registration ends" "$LAB_OUT/xen-dmesg-tsys.log"
+    fpu_line=$(grep -o "FPU state: [0-9]* bytes per process" "$LAB_OUT/xen-dmesg-tsys.log" | head -1)
+    check "Xen allocated the FPU state buffer at authorise" test -n "$fpu_line"
+    [ -n "$fpu_line" ] && info "xen tsys FPU buffer" "$(jq -cn --arg v "$fpu_line" '$v')"
     check "Xen's tsys log stayed short despite the flood (rate-limited)" \
         test "$(grep -c 'tsys:' "$LAB_OUT/xen-dmesg-tsys.log")" -lt 50
     check "circ tsys revoke" circ tsys revoke "$dom"
