@@ -276,18 +276,7 @@ impl HttpStore {
             404 | 410 => return Ok(None),
             other => return Err(HttpError::Status(other)),
         }
-        if response
-            .body()
-            .content_length()
-            .is_some_and(|len| len > limit)
-        {
-            return Err(HttpError::TooLarge(limit));
-        }
-        match response.body_mut().with_config().limit(limit).read_to_vec() {
-            Ok(body) => Ok(Some(body)),
-            Err(ureq::Error::BodyExceedsLimit(_)) => Err(HttpError::TooLarge(limit)),
-            Err(e) => Err(e.into()),
-        }
+        read_limited(&mut response, limit).map(Some)
     }
 
     /// GETs bytes `range` of `url`; a server that ignores ranges answers
@@ -323,27 +312,7 @@ impl HttpStore {
             404 | 410 => return Ok(None),
             other => return Err(HttpError::Status(other)),
         };
-        if response
-            .body()
-            .content_length()
-            .is_some_and(|len| len > limit)
-        {
-            return Err(HttpError::TooLarge(limit));
-        }
-        // ureq's limit refuses a body of exactly `limit` bytes (it fails
-        // the read that would see the end): allow one more, then check.
-        let body = match response
-            .body_mut()
-            .with_config()
-            .limit(limit + 1)
-            .read_to_vec()
-        {
-            Ok(body) if body.len() as u64 <= limit => body,
-            Ok(_) | Err(ureq::Error::BodyExceedsLimit(_)) => {
-                return Err(HttpError::TooLarge(limit))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let body = read_limited(&mut response, limit)?;
         if status == 206 {
             if body.len() as u64 != want {
                 return Err(HttpError::BadRange(format!(
@@ -553,6 +522,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The body of `response`, refused as [`HttpError::TooLarge`] if it is (or
+/// says it is) over `limit` bytes.
+fn read_limited(
+    response: &mut ureq::http::Response<ureq::Body>,
+    limit: u64,
+) -> Result<Vec<u8>, HttpError> {
+    if response
+        .body()
+        .content_length()
+        .is_some_and(|len| len > limit)
+    {
+        return Err(HttpError::TooLarge(limit));
+    }
+    // ureq's limit refuses a body of exactly `limit` bytes (it fails the
+    // read that would see the end): allow one more, then check.
+    match response
+        .body_mut()
+        .with_config()
+        .limit(limit.saturating_add(1))
+        .read_to_vec()
+    {
+        Ok(body) if body.len() as u64 <= limit => Ok(body),
+        Ok(_) | Err(ureq::Error::BodyExceedsLimit(_)) => Err(HttpError::TooLarge(limit)),
+        Err(e) => Err(e.into()),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
