@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    DomId, Errno, ErrorKind, Gfn, GrantRef, HvError, SharingEvents, SharingHandle, TsysStatus,
-    TsysToken, PAGE_SIZE,
+    DomId, Errno, ErrorKind, Gfn, GrantRef, HvError, SharingEvents, SharingHandle, TsysKey,
+    TsysStatus, TsysToken, PAGE_SIZE,
 };
 
 /// Hypervisor version as reported by `XENVER_version` / `XENVER_extraversion`.
@@ -282,6 +282,21 @@ pub trait Hypervisor {
     /// domain that is not 64-bit PV.
     fn tsys_authorise(&self, dom: DomId, token: &TsysToken) -> Result<(), HvError> {
         let _ = (dom, token);
+        Err(tsys_unsupported())
+    }
+
+    /// As [`Self::tsys_authorise`], and Xen attaches `key` to the process
+    /// that registers with `token`: Xen seals and opens that process's
+    /// sealed files (CTS1) with it. The key goes to that one registration
+    /// only; a later unkeyed token carries none. `NotSupported` on a
+    /// hypervisor without the sealed-I/O patch.
+    fn tsys_authorise_keyed(
+        &self,
+        dom: DomId,
+        token: &TsysToken,
+        key: &TsysKey,
+    ) -> Result<(), HvError> {
+        let _ = (dom, token, key);
         Err(tsys_unsupported())
     }
 

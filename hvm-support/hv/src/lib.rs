@@ -39,5 +39,5 @@ pub use hypervisor::{
 };
 pub use ids::{DomId, Gfn, GfnRange, GrantRef, Mfn, SharingHandle, PAGE_SIZE};
 pub use sharing_events::{Attached, EnomemRequest, SharingEvents};
-pub use tsys::{TsysProcess, TsysStatus, TsysToken, TSYS_TOKEN_LEN};
+pub use tsys::{TsysKey, TsysProcess, TsysStatus, TsysToken, TSYS_KEY_LEN, TSYS_TOKEN_LEN};
 pub use xenstore::{Transaction, WatchEvent, XenStore};

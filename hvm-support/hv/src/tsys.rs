@@ -62,6 +62,39 @@ impl fmt::Debug for TsysToken {
     }
 }
 
+/// Bytes in a trusted process's key ([`TsysKey`]).
+pub const TSYS_KEY_LEN: usize = 32;
+
+/// The 32-byte key Xen attaches to the process that registers with a keyed
+/// token (`tsys_authorise_keyed`): it seals and opens that process's sealed
+/// files (CTS1, `circ-tsys-seal`). Wiped on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TsysKey(zeroize::Zeroizing<[u8; TSYS_KEY_LEN]>);
+
+impl TsysKey {
+    pub fn from_bytes(bytes: [u8; TSYS_KEY_LEN]) -> Self {
+        Self(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// A fresh key from the kernel's random source.
+    pub fn random() -> std::io::Result<Self> {
+        let mut key = Self::from_bytes([0; TSYS_KEY_LEN]);
+        // Read straight into the zeroizing buffer: no plain copy left behind.
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut key.0[..])?;
+        Ok(key)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; TSYS_KEY_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TsysKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TsysKey(<redacted>)")
+    }
+}
+
 /// One registered (trusted) process, as Xen knows it: by its address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TsysProcess {
@@ -108,6 +141,27 @@ pub struct TsysStatus {
 /// the guest owns, so it can read the token and remove the node.
 pub const TOKEN_NODE: &str = "data/tsys/token";
 
+/// Draws a fresh token (an error names `dom`).
+fn fresh_token(dom: DomId) -> Result<TsysToken, HvError> {
+    TsysToken::random().map_err(|e| {
+        HvError::with_kind(
+            format!("failed to draw a token for domain {dom}: {e}"),
+            ErrorKind::Other(e.raw_os_error()),
+            None,
+        )
+    })
+}
+
+/// Writes `token` (hex) to the guest's [`TOKEN_NODE`].
+fn hand_over_token<X: XenStore + ?Sized>(
+    xs: &X,
+    dom: DomId,
+    token: &TsysToken,
+) -> Result<(), HvError> {
+    let path = format!("{}/{TOKEN_NODE}", xs.domain_path(dom)?);
+    xs.write(Transaction::NONE, &path, token.to_hex().as_bytes())
+}
+
 /// Authorises `dom` with a fresh token and, if `hand_over`, writes the
 /// token (hex) to the guest's [`TOKEN_NODE`] (after Xen armed it, so a guest
 /// that sees it can use it). Returns the token.
@@ -116,17 +170,32 @@ where
     H: Hypervisor + ?Sized,
     X: XenStore + ?Sized,
 {
-    let token = TsysToken::random().map_err(|e| {
-        HvError::with_kind(
-            format!("failed to draw a token for domain {dom}: {e}"),
-            ErrorKind::Other(e.raw_os_error()),
-            None,
-        )
-    })?;
+    let token = fresh_token(dom)?;
     hv.tsys_authorise(dom, &token)?;
     if hand_over {
-        let path = format!("{}/{TOKEN_NODE}", xs.domain_path(dom)?);
-        xs.write(Transaction::NONE, &path, token.to_hex().as_bytes())?;
+        hand_over_token(xs, dom, &token)?;
+    }
+    Ok(token)
+}
+
+/// As [`authorise`], but arms a keyed token: the process that registers
+/// with it gets `key` (its sealed-file key) from Xen, and only that one
+/// process. The key is never written to xenstore; only the token is.
+pub fn authorise_keyed<H, X>(
+    hv: &H,
+    xs: &X,
+    dom: DomId,
+    key: &TsysKey,
+    hand_over: bool,
+) -> Result<TsysToken, HvError>
+where
+    H: Hypervisor + ?Sized,
+    X: XenStore + ?Sized,
+{
+    let token = fresh_token(dom)?;
+    hv.tsys_authorise_keyed(dom, &token, key)?;
+    if hand_over {
+        hand_over_token(xs, dom, &token)?;
     }
     Ok(token)
 }
@@ -145,6 +214,17 @@ mod tests {
         assert_eq!(TsysToken::from_hex(&hex[2..]), None);
         assert_eq!(TsysToken::from_hex(&format!("{}zz", &hex[2..])), None);
         assert_eq!(TsysToken::from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
+    fn key_debug_is_redacted_and_random_keys_differ() {
+        let a = TsysKey::random().unwrap();
+        let b = TsysKey::random().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(format!("{a:?}"), "TsysKey(<redacted>)");
+        let k = TsysKey::from_bytes([0xab; TSYS_KEY_LEN]);
+        assert_eq!(k.as_bytes(), &[0xab; TSYS_KEY_LEN]);
+        assert!(!format!("{k:?}").to_lowercase().contains("ab"));
     }
 
     #[test]
@@ -181,6 +261,36 @@ mod fake_tests {
                 .unwrap(),
             token.to_hex()
         );
+    }
+
+    #[test]
+    fn authorise_keyed_hands_the_key_to_the_one_process_that_registers() {
+        let hv = FakeHypervisor::new();
+        let xs = FakeXenStore::new();
+        hv.add_domain(DomId(5), DomainType::Pv, 1024);
+        let key = TsysKey::from_bytes([0x5a; TSYS_KEY_LEN]);
+        let token = authorise_keyed(&hv, &xs, DomId(5), &key, true).unwrap();
+        let written = xs
+            .read_string(Transaction::NONE, "/local/domain/5/data/tsys/token")
+            .unwrap();
+        assert_eq!(written, token.to_hex(), "the token, never the key");
+        assert!(hv.tsys_status(DomId(5)).unwrap().token_armed);
+        assert!(hv.tsys_register(DomId(5), &token, Mfn(9)));
+        assert_eq!(hv.tsys_process_key(DomId(5), Mfn(9)), Some(key));
+        assert!(!hv.tsys_register(DomId(5), &token, Mfn(10)), "one-time");
+        assert_eq!(hv.tsys_process_key(DomId(5), Mfn(10)), None);
+    }
+
+    #[test]
+    fn keyed_authorise_refused_writes_nothing() {
+        let hv = FakeHypervisor::new();
+        let xs = FakeXenStore::new();
+        hv.add_domain(DomId(6), DomainType::Hvm, 1024);
+        let key = TsysKey::from_bytes([1; TSYS_KEY_LEN]);
+        assert!(authorise_keyed(&hv, &xs, DomId(6), &key, true).is_err());
+        assert!(xs
+            .read(Transaction::NONE, "/local/domain/6/data/tsys/token")
+            .is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use super::{os_err, FakeSharingEvents};
 use crate::{
     DomId, DomainInfo, DomainState, DomainType, Errno, ErrorKind, ForeignMapping, ForeignMemory,
     Gfn, GrantRef, HvError, Hypervisor, Mfn, PhysInfo, Placement, Protection, SharePage, ShareSide,
-    SharingHandle, TsysProcess, TsysStatus, TsysToken, VcpuRegs, VirtCaps, XenVersion, PAGE_SIZE,
+    SharingHandle, TsysKey, TsysProcess, TsysStatus, TsysToken, VcpuRegs, VirtCaps, XenVersion,
+    PAGE_SIZE,
 };
 
 type FrameId = u64;
@@ -42,8 +43,13 @@ struct Domain {
 struct FakeTsys {
     authorised: bool,
     token: Option<TsysToken>,
+    /// The key armed with `token` (a keyed authorisation), handed to the
+    /// process that registers with it.
+    armed_key: Option<TsysKey>,
     refused: u64,
     processes: Vec<TsysProcess>,
+    /// Keys of registered processes, by user L4.
+    keys: Vec<(Mfn, TsysKey)>,
 }
 
 /// A page a domain granted (to dom0: the fake knows no other grantee).
@@ -350,6 +356,10 @@ impl FakeHypervisor {
             return false;
         }
         t.token = None;
+        t.keys.retain(|(m, _)| *m != l4);
+        if let Some(key) = t.armed_key.take() {
+            t.keys.push((l4, key));
+        }
         if !t.processes.iter().any(|p| p.l4_mfn == l4) {
             t.processes.push(TsysProcess {
                 l4_mfn: l4,
@@ -367,10 +377,24 @@ impl FakeHypervisor {
         true
     }
 
-    /// The guest freed (or unpinned) an L4: its registration ends.
+    /// The key Xen attached to the process registered with user L4 `l4`
+    /// (from a keyed token), as the sealed-I/O path would use it.
+    pub fn tsys_process_key(&self, dom: DomId, l4: Mfn) -> Option<TsysKey> {
+        let host = self.lock();
+        let d = host.domain(dom).ok()?;
+        d.tsys
+            .keys
+            .iter()
+            .find(|(m, _)| *m == l4)
+            .map(|(_, k)| k.clone())
+    }
+
+    /// The guest freed (or unpinned) an L4: its registration ends, and its
+    /// key with it.
     pub fn tsys_l4_gone(&self, dom: DomId, l4: Mfn) {
         if let Ok(d) = self.lock().domain_mut(dom) {
             d.tsys.processes.retain(|p| p.l4_mfn != l4);
+            d.tsys.keys.retain(|(m, _)| *m != l4);
         }
     }
 
@@ -599,6 +623,20 @@ impl Hypervisor for FakeHypervisor {
         self.tsys_domain(dom, "authorise", |t| {
             t.authorised = true;
             t.token = Some(token.clone());
+            t.armed_key = None;
+        })
+    }
+
+    fn tsys_authorise_keyed(
+        &self,
+        dom: DomId,
+        token: &TsysToken,
+        key: &TsysKey,
+    ) -> Result<(), HvError> {
+        self.tsys_domain(dom, "authorise (keyed)", |t| {
+            t.authorised = true;
+            t.token = Some(token.clone());
+            t.armed_key = Some(key.clone());
         })
     }
 
@@ -606,7 +644,9 @@ impl Hypervisor for FakeHypervisor {
         self.tsys_domain(dom, "revoke", |t| {
             t.authorised = false;
             t.token = None;
+            t.armed_key = None;
             t.processes.clear();
+            t.keys.clear();
         })
     }
 
@@ -940,6 +980,38 @@ mod tests {
         hv.tsys_revoke(guest).unwrap();
         let status = hv.tsys_status(guest).unwrap();
         assert!(!status.authorised && !status.token_armed && status.processes.is_empty());
+    }
+
+    #[test]
+    fn tsys_keyed_token_gives_its_key_to_one_process_only() {
+        let hv = FakeHypervisor::new();
+        let guest = DomId(3);
+        hv.add_domain(guest, DomainType::Pv, 1024);
+        let key = TsysKey::from_bytes([0x11; 32]);
+        let keyed = TsysToken::from_bytes([7; 32]);
+        hv.tsys_authorise_keyed(guest, &keyed, &key).unwrap();
+        // A plain token replacing an unused keyed one drops its key.
+        let plain = TsysToken::from_bytes([8; 32]);
+        hv.tsys_authorise(guest, &plain).unwrap();
+        assert!(hv.tsys_register(guest, &plain, Mfn(0x100)));
+        assert_eq!(hv.tsys_process_key(guest, Mfn(0x100)), None);
+
+        hv.tsys_authorise_keyed(guest, &keyed, &key).unwrap();
+        assert!(hv.tsys_register(guest, &keyed, Mfn(0x200)));
+        assert_eq!(hv.tsys_process_key(guest, Mfn(0x200)), Some(key.clone()));
+        assert_eq!(hv.tsys_process_key(guest, Mfn(0x100)), None);
+        hv.tsys_l4_gone(guest, Mfn(0x200));
+        assert_eq!(hv.tsys_process_key(guest, Mfn(0x200)), None);
+
+        hv.tsys_authorise_keyed(guest, &keyed, &key).unwrap();
+        assert!(hv.tsys_register(guest, &keyed, Mfn(0x300)));
+        hv.tsys_revoke(guest).unwrap();
+        assert_eq!(hv.tsys_process_key(guest, Mfn(0x300)), None);
+
+        hv.add_domain(DomId(4), DomainType::Pvh, 1024);
+        assert!(hv.tsys_authorise_keyed(DomId(4), &keyed, &key).is_err());
+        hv.set_tsys_supported(false);
+        assert!(hv.tsys_authorise_keyed(guest, &keyed, &key).is_err());
     }
 
     #[test]
