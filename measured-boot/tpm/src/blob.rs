@@ -12,6 +12,7 @@ use circ_measured_boot::{PcrIndex, PcrSet};
 
 pub const AK_FORMAT: &str = "circ-ak/1";
 pub const SEALED_FORMAT: &str = "circ-sealed/1";
+pub const BIND_KEY_FORMAT: &str = "circ-bindkey/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -85,32 +86,86 @@ fn check_format(expected: &'static str, found: &str) -> Result<(), BlobError> {
     }
 }
 
+/// A key file of `format`: public area and wrapped private part.
+fn key_to_json(format: &str, public: &[u8], private: &[u8]) -> String {
+    let file = AkFile {
+        format: format.into(),
+        public: hex::encode(public),
+        private: hex::encode(private),
+    };
+    // A struct of strings always serializes.
+    serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"
+}
+
+/// Parses [`key_to_json`]'s form: (public, private).
+fn key_from_json(format: &'static str, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), BlobError> {
+    let f: AkFile = serde_json::from_slice(bytes).map_err(|source| BlobError::Json {
+        expected: format,
+        source,
+    })?;
+    check_format(format, &f.format)?;
+    Ok((unhex("public", &f.public)?, unhex("private", &f.private)?))
+}
+
 impl AkBlob {
     pub fn to_json(&self) -> String {
-        let file = AkFile {
-            format: AK_FORMAT.into(),
-            public: hex::encode(&self.public),
-            private: hex::encode(&self.private),
-        };
-        // A struct of strings always serializes.
-        serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"
+        key_to_json(AK_FORMAT, &self.public, &self.private)
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, BlobError> {
-        let f: AkFile = serde_json::from_slice(bytes).map_err(|source| BlobError::Json {
-            expected: AK_FORMAT,
-            source,
-        })?;
-        check_format(AK_FORMAT, &f.format)?;
-        Ok(Self {
-            public: unhex("public", &f.public)?,
-            private: unhex("private", &f.private)?,
-        })
+        let (public, private) = key_from_json(AK_FORMAT, bytes)?;
+        Ok(Self { public, private })
     }
 
     /// The key a verifier checks quotes with.
     pub fn public_key(&self) -> Result<AkPublic, BlobError> {
         AkPublic::from_public_area(&self.public).map_err(|e| BlobError::NotEcc(e.to_string()))
+    }
+}
+
+/// A host's bind key (`circ-bindkey/1`): an ECC P-256 decryption key for
+/// ECDH (TPM2_ECDH_ZGen), child of the owner hierarchy's primary, fixed to
+/// this TPM. Senders bind secrets to its public point; only this TPM can
+/// derive the shared secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BindKeyBlob {
+    /// Marshalled `TPMT_PUBLIC`.
+    pub public: Vec<u8>,
+    /// `TPM2B_PRIVATE` contents (wrapped by the parent).
+    pub private: Vec<u8>,
+}
+
+impl std::fmt::Debug for BindKeyBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindKeyBlob")
+            .field("public_len", &self.public.len())
+            .field("private", &"[wrapped]")
+            .finish()
+    }
+}
+
+impl BindKeyBlob {
+    pub fn to_json(&self) -> String {
+        key_to_json(BIND_KEY_FORMAT, &self.public, &self.private)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, BlobError> {
+        let (public, private) = key_from_json(BIND_KEY_FORMAT, bytes)?;
+        Ok(Self { public, private })
+    }
+
+    /// The public point, SEC1 uncompressed (`04 || x || y`, 65 bytes).
+    pub fn point(&self) -> Result<Vec<u8>, BlobError> {
+        let area = circ_measured_boot::wire::parse_ecc_public(&self.public)
+            .map_err(|e| BlobError::NotEcc(e.to_string()))?;
+        if area.x.len() > 32 || area.y.len() > 32 {
+            return Err(BlobError::NotEcc("coordinate longer than 32 bytes".into()));
+        }
+        let mut point = vec![0u8; 65];
+        point[0] = 4;
+        point[33 - area.x.len()..33].copy_from_slice(&area.x);
+        point[65 - area.y.len()..].copy_from_slice(&area.y);
+        Ok(point)
     }
 }
 

@@ -16,7 +16,7 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::PolicySession;
 use tss_esapi::structures::{
-    CapabilityData, Data, Digest, DigestValues, EccPoint, EccScheme, HashScheme,
+    CapabilityData, Data, Digest, DigestValues, EccParameter, EccPoint, EccScheme, HashScheme,
     KeyDerivationFunctionScheme, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder,
     PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
     SensitiveData, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
@@ -25,7 +25,7 @@ use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
-use crate::blob::{AkBlob, BlobError, SealedBlob};
+use crate::blob::{AkBlob, BindKeyBlob, BlobError, SealedBlob};
 use crate::{RawQuote, Secret, Tpm, TpmError};
 
 /// Largest `extraData` a quote takes (`TPM2B_DATA` holds a `TPMT_HA`).
@@ -193,6 +193,39 @@ fn ak_template() -> Result<Public, TpmError> {
         .map_err(cmd("template"))
 }
 
+fn bind_template() -> Result<Public, TpmError> {
+    // Unrestricted decryption key for ECDH only: it derives shared secrets
+    // on request, signs nothing, and never leaves this TPM.
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_decrypt(true)
+        .build()
+        .map_err(cmd("template"))?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new()
+                .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)))
+                .with_curve(EccCurve::NistP256)
+                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                .with_symmetric(SymmetricDefinitionObject::Null)
+                .with_is_signing_key(false)
+                .with_is_decryption_key(true)
+                .with_restricted(false)
+                .build()
+                .map_err(cmd("template"))?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(cmd("template"))
+}
+
 fn sealed_template(policy: Digest) -> Result<Public, TpmError> {
     // No userWithAuth: the PCR policy is the only way to use it.
     let attrs = ObjectAttributesBuilder::new()
@@ -345,6 +378,47 @@ impl Tpm for EsapiTpm {
                     })
             })
         })
+    }
+
+    fn create_bind_key(&mut self) -> Result<BindKeyBlob, TpmError> {
+        let template = bind_template()?;
+        let parent = self.create_parent(Hierarchy::Owner)?;
+        let created = self.with_flushed(parent.into(), |me| {
+            me.ctx
+                .execute_with_nullauth_session(|ctx| {
+                    ctx.create(parent, template, None, None, None, None)
+                })
+                .map_err(cmd("Create"))
+        })?;
+        Ok(BindKeyBlob {
+            public: created
+                .out_public
+                .marshall()
+                .map_err(cmd("marshal public"))?,
+            private: created.out_private.value().to_vec(),
+        })
+    }
+
+    fn ecdh_zgen(&mut self, key: &BindKeyBlob, point: &[u8]) -> Result<Secret, TpmError> {
+        if point.len() != 65 || point[0] != 4 {
+            return Err(TpmError::BadPoint);
+        }
+        let x = EccParameter::try_from(point[1..33].to_vec()).map_err(cmd("ECDH_ZGen"))?;
+        let y = EccParameter::try_from(point[33..].to_vec()).map_err(cmd("ECDH_ZGen"))?;
+        let key = self.load(Hierarchy::Owner, &key.public, &key.private)?;
+        let z = self.with_flushed(key.into(), |me| {
+            me.ctx
+                .execute_with_nullauth_session(|ctx| ctx.ecdh_z_gen(key, EccPoint::new(x, y)))
+                .map_err(cmd("ECDH_ZGen"))
+        })?;
+        let x = z.x().value();
+        if x.len() > 32 {
+            return Err(TpmError::Unexpected(format!("ECDH x of {} bytes", x.len())));
+        }
+        // Left-pad: a TPM may drop leading zero bytes.
+        let mut out = vec![0u8; 32];
+        out[32 - x.len()..].copy_from_slice(x);
+        Ok(Secret::new(out))
     }
 
     fn flush_transients(&mut self) -> Result<usize, TpmError> {

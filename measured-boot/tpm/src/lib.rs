@@ -22,7 +22,7 @@ use std::fmt;
 use circ_measured_boot::{Digests, PcrIndex, PcrSet};
 use zeroize::Zeroizing;
 
-pub use blob::{AkBlob, SealedBlob};
+pub use blob::{AkBlob, BindKeyBlob, SealedBlob};
 pub use esapi::EsapiTpm;
 #[cfg(feature = "fake")]
 pub use fake::FakeTpm;
@@ -43,6 +43,17 @@ pub trait Tpm {
     fn seal(&mut self, secret: &Secret, pcrs: &PcrSet) -> Result<SealedBlob, TpmError>;
     /// Unseals; fails with [`TpmError::PcrPolicy`] when the PCRs changed.
     fn unseal(&mut self, blob: &SealedBlob) -> Result<Secret, TpmError>;
+    /// Creates a new bind key (see [`BindKeyBlob`]).
+    fn create_bind_key(&mut self) -> Result<BindKeyBlob, TpmError> {
+        Err(TpmError::Unsupported("bind keys"))
+    }
+    /// TPM2_ECDH_ZGen: the x coordinate (32 bytes) of `key`'s private
+    /// scalar times `point` (SEC1 uncompressed, 65 bytes): the ECDH shared
+    /// secret, computed inside the TPM.
+    fn ecdh_zgen(&mut self, key: &BindKeyBlob, point: &[u8]) -> Result<Secret, TpmError> {
+        let _ = (key, point);
+        Err(TpmError::Unsupported("ECDH"))
+    }
     /// Flushes every loaded transient object, e.g. ones a killed process left
     /// behind. Returns how many were flushed.
     fn flush_transients(&mut self) -> Result<usize, TpmError>;
@@ -113,6 +124,10 @@ pub enum TpmError {
         len: usize,
         max: usize,
     },
+    #[error("this TPM implementation has no {0}")]
+    Unsupported(&'static str),
+    #[error("not a P-256 point (SEC1 uncompressed, 65 bytes)")]
+    BadPoint,
     #[error("the TPM returned something unexpected: {0}")]
     Unexpected(String),
     #[error(transparent)]
