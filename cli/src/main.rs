@@ -11,6 +11,7 @@ mod shadow;
 mod share;
 mod tpm;
 mod tsys;
+mod tsys_keys;
 mod xen;
 
 use std::process::ExitCode;

@@ -54,6 +54,8 @@ pub enum TsysCommand {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Keys(crate::tsys_keys::KeysCommand),
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +66,9 @@ struct DomainTsys {
 }
 
 pub fn run(cmd: TsysCommand) -> anyhow::Result<Exit> {
+    if let TsysCommand::Keys(cmd) = cmd {
+        return crate::tsys_keys::run(cmd);
+    }
     if let TsysCommand::Rewrite {
         input,
         output,
@@ -90,7 +95,9 @@ pub fn run(cmd: TsysCommand) -> anyhow::Result<Exit> {
             println!("domain {domid}: revoked");
         }
         TsysCommand::List { domid, json } => list(&hv, domid.map(DomId), json)?,
-        TsysCommand::Rewrite { .. } => unreachable!("handled above, without Xen"),
+        TsysCommand::Rewrite { .. } | TsysCommand::Keys(_) => {
+            unreachable!("handled above, without Xen")
+        }
     }
     Ok(Exit::Success)
 }
