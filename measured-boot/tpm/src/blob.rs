@@ -245,5 +245,18 @@ mod tests {
             Err(BlobError::Json { .. })
         ));
         assert!(!format!("{ak:?}").contains('3'));
+        let bind = BindKeyBlob {
+            public: vec![6],
+            private: vec![7],
+        };
+        assert_eq!(
+            BindKeyBlob::from_json(bind.to_json().as_bytes()).unwrap(),
+            bind
+        );
+        assert!(matches!(
+            BindKeyBlob::from_json(ak.to_json().as_bytes()),
+            Err(BlobError::Format { .. })
+        ));
+        assert!(matches!(bind.point(), Err(BlobError::NotEcc(_))));
     }
 }
