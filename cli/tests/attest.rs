@@ -3,51 +3,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use circ_tpm::swtpm::Swtpm;
-use common::{circ_serve, python_serve, Server};
-
-struct Env {
-    dir: tempfile::TempDir,
-    swtpm: Swtpm,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let swtpm = Swtpm::start(&dir.path().join("tpm")).expect("swtpm must start for this test");
-        Env { dir, swtpm }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    /// Runs circ with this environment's TPM, event log and state directory.
-    fn circ(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_circ"))
-            .args(args)
-            .env_remove("CIRC_LOG")
-            .env("CIRC_TPM_TCTI", self.swtpm.tcti())
-            .env("CIRC_TPM_CONFIG", self.path("no-config.toml"))
-            .env("CIRC_MEASURE_LOG", self.path("measurements.log"))
-            .env("CIRC_STATE_DIR", self.path("state"))
-            .output()
-            .expect("circ runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.circ(args);
-        assert!(
-            out.status.success(),
-            "circ {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
+use common::{circ_serve, python_serve, Server, TpmHost as Env};
 
 fn write(path: &str, data: &[u8]) {
     std::fs::write(path, data).expect("write fixture");

@@ -3,69 +3,27 @@
 //! hosts, each a private swtpm with its own state directory and event log.
 //! Each refusal exits 3 with its clear error.
 
-use std::process::{Command, Output};
+mod common;
 
-use circ_tpm::swtpm::Swtpm;
+use std::process::Output;
 
-/// One host: a swtpm, a state directory, an event log.
-struct Host {
-    dir: tempfile::TempDir,
-    swtpm: Swtpm,
+use common::TpmHost as Host;
+
+/// What dom0 does at boot: measure Xen (with the tsys patches) and dom0.
+fn boot(host: &Host, xen: &[u8]) {
+    let xen_path = host.path("xen.gz");
+    std::fs::write(&xen_path, xen).unwrap();
+    let kernel = host.path("vmlinuz");
+    std::fs::write(&kernel, b"dom0 kernel").unwrap();
+    host.ok(&["measure", "file", &xen_path]);
+    host.ok(&["measure", "file", &kernel]);
 }
 
-impl Host {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let swtpm = Swtpm::start(&dir.path().join("tpm")).expect("swtpm must start for this test");
-        std::fs::write(dir.path().join("no-config.toml"), b"").unwrap();
-        Host { dir, swtpm }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    fn circ(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_circ"))
-            .args(args)
-            .env_remove("CIRC_LOG")
-            .env("TSS2_LOG", "all+none")
-            .env("CIRC_TPM_TCTI", self.swtpm.tcti())
-            .env("CIRC_TPM_CONFIG", self.path("no-config.toml"))
-            .env("CIRC_MEASURE_LOG", self.path("measurements.log"))
-            .env("CIRC_STATE_DIR", self.path("state"))
-            .output()
-            .expect("circ runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.circ(args);
-        assert!(
-            out.status.success(),
-            "circ {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs a command that must be refused: exit 3; returns stderr.
-    fn refused(&self, args: &[&str]) -> String {
-        let out = self.circ(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(3), "circ {args:?}: {stderr}");
-        stderr
-    }
-
-    /// What dom0 does at boot: measure Xen (with the tsys patches) and dom0.
-    fn boot(&self, xen: &[u8]) {
-        let xen_path = self.path("xen.gz");
-        std::fs::write(&xen_path, xen).unwrap();
-        let kernel = self.path("vmlinuz");
-        std::fs::write(&kernel, b"dom0 kernel").unwrap();
-        self.ok(&["measure", "file", &xen_path]);
-        self.ok(&["measure", "file", &kernel]);
-    }
+/// A policy allowing `host`'s measured Xen and dom0 kernel, written to `out`.
+fn policy_of(host: &Host, out: &str) -> String {
+    let (xen, kernel) = (host.path("xen.gz"), host.path("vmlinuz"));
+    host.ok(&["attest", "policy", &xen, &kernel, "--out", out]);
+    out.to_string()
 }
 
 fn program(host: &Host) -> (String, Vec<u8>) {
@@ -78,7 +36,7 @@ fn program(host: &Host) -> (String, Vec<u8>) {
 #[test]
 fn deploy_rollout_rollin_and_the_refusal_naming_the_pcr() {
     let host = Host::new();
-    host.boot(b"xen 4.17 + tsys");
+    boot(&host, b"xen 4.17 + tsys");
     let pem = host.path("host.pem");
     let out = host.ok(&["tsys", "host-key", "--out", &pem]);
     assert!(out.starts_with("host key "), "{out}");
@@ -178,8 +136,8 @@ struct Pair {
 fn pair() -> Pair {
     let a = Host::new();
     let b = Host::new();
-    a.boot(b"xen A");
-    b.boot(b"xen B");
+    boot(&a, b"xen A");
+    boot(&b, b"xen B");
     a.ok(&["tsys", "host-key", "--out", &a.path("a.pem")]);
     b.ok(&["tsys", "host-key", "--out", &b.path("b.pem")]);
     b.ok(&["attest", "ak", "--out", &b.path("b-ak.pem")]);
@@ -247,15 +205,7 @@ fn migrate_after_the_destination_quote_verifies() {
     assert_eq!(nonce.len(), 64);
     assert_ne!(nonce, p.challenge(), "fresh each time");
     let quote = p.answer(&nonce, "q1.json");
-    let policy = p.a.path("b-policy.toml");
-    p.b.ok(&[
-        "attest",
-        "policy",
-        &p.b.path("xen.gz"),
-        &p.b.path("vmlinuz"),
-        "--out",
-        &policy,
-    ]);
+    let policy = policy_of(&p.b, &p.a.path("b-policy.toml"));
     let out = p.migrate(&quote, &nonce, &["--policy", &policy]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -281,9 +231,7 @@ fn migrate_refuses_a_replayed_or_forged_destination_quote() {
 
     // Replayed: the answer to an earlier challenge.
     let nonce = p.challenge();
-    let out = p.migrate(&old, &nonce, &[]);
-    assert_eq!(out.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::refused(&p.migrate(&old, &nonce, &[]), &["tsys", "migrate"]);
     assert!(
         err.contains("refused: the destination's quote does not verify: wrong nonce"),
         "{err}"
@@ -294,24 +242,13 @@ fn migrate_refuses_a_replayed_or_forged_destination_quote() {
     p.a.ok(&["attest", "ak", "--out", &p.a.path("a-ak.pem")]);
     let forged = p.a.path("forged.json");
     p.a.ok(&["tsys", "host-quote", "--nonce", &nonce, "--out", &forged]);
-    let out = p.migrate(&forged, &nonce, &[]);
-    assert_eq!(out.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::refused(&p.migrate(&forged, &nonce, &[]), &["tsys", "migrate"]);
     assert!(err.contains("bad signature"), "{err}");
 
     // Genuine and fresh, but the destination's Xen is not the allowed one.
     let fresh = p.answer(&nonce, "fresh.json");
-    let policy = p.a.path("policy.toml");
-    p.a.ok(&[
-        "attest",
-        "policy",
-        &p.a.path("xen.gz"),
-        &p.a.path("vmlinuz"),
-        "--out",
-        &policy,
-    ]);
+    let policy = policy_of(&p.a, &p.a.path("policy.toml"));
     let out = p.migrate(&fresh, &nonce, &["--policy", &policy]);
-    assert_eq!(out.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::refused(&out, &["tsys", "migrate", "--policy"]);
     assert!(err.contains("refused by the policy"), "{err}");
 }

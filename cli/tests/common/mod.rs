@@ -133,3 +133,60 @@ pub fn python_serve(store: &Path) -> Server {
     }
     server
 }
+
+/// A host with a private swtpm, its own state directory and event log, for
+/// the commands that use a TPM. A test that cannot start swtpm fails.
+pub struct TpmHost {
+    pub dir: tempfile::TempDir,
+    pub swtpm: circ_tpm::swtpm::Swtpm,
+}
+
+impl TpmHost {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let swtpm = circ_tpm::swtpm::Swtpm::start(&dir.path().join("tpm"))
+            .expect("swtpm must start for this test");
+        std::fs::write(dir.path().join("no-config.toml"), b"").expect("write config");
+        TpmHost { dir, swtpm }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Runs circ with this host's TPM, event log and state directory.
+    pub fn circ(&self, args: &[&str]) -> Output {
+        command(args)
+            .env("TSS2_LOG", "all+none")
+            .env("CIRC_TPM_TCTI", self.swtpm.tcti())
+            .env("CIRC_TPM_CONFIG", self.path("no-config.toml"))
+            .env("CIRC_MEASURE_LOG", self.path("measurements.log"))
+            .env("CIRC_STATE_DIR", self.path("state"))
+            .output()
+            .expect("circ runs")
+    }
+
+    /// Runs circ and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.circ(args);
+        assert!(
+            out.status.success(),
+            "circ {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs circ, which must refuse: exit 3; returns stderr.
+    pub fn refused(&self, args: &[&str]) -> String {
+        refused(&self.circ(args), args)
+    }
+}
+
+/// Insists `out` (of `circ ARGS`) is a refusal (exit 3); returns stderr.
+pub fn refused(out: &Output, args: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "circ {args:?}: {stderr}");
+    stderr
+}

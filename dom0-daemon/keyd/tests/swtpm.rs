@@ -142,32 +142,25 @@ fn unbinding_refuses_another_host_and_altered_keys() -> anyhow::Result<()> {
 #[test]
 fn rollout_then_rollin_on_the_same_pcrs() -> anyhow::Result<()> {
     let mut host = Host::start()?;
-    host.boot()?;
-    let (m, code) = deploy_to(&host);
-    let key = m.key(&mut host.tpm, Some(&host.bind))?;
-    let pcrs = parse_pcrs("14,15")?;
-    let rolled = m.sealed_to(&mut host.tpm, &key, &pcrs)?;
+    // Written and read back as a package: the program is checked too.
+    let (pkg, bound, _) = rolled_out(&mut host)?;
+    let rolled = &pkg.manifest;
     assert!(rolled.bound.is_none());
     let sealed = rolled.sealed.as_ref().unwrap();
     assert_eq!(sealed.pcrs, vec![14, 15]);
     assert_eq!(sealed.values.len(), 2);
+    let key = bound.key(&mut host.tpm, Some(&host.bind))?;
     assert!(!rolled.to_toml().contains(&hex::encode(key.as_bytes())));
-
-    // Written and read back as a package: the program is checked too.
-    let path = Package::write(&host.dir.path().join("out"), &rolled, &code)?;
-    let pkg = Package::read(&path)?;
-    let again = pkg.manifest.key(&mut host.tpm, None)?;
-    assert_opens(&again, &pkg.manifest, &pkg.code()?);
+    let again = rolled.key(&mut host.tpm, None)?;
+    assert_opens(&again, rolled, &pkg.code()?);
     Ok(())
 }
 
 #[test]
 fn rollin_after_a_measured_file_changed_names_the_pcr() -> anyhow::Result<()> {
     let mut host = Host::start()?;
-    host.boot()?;
-    let (m, _) = deploy_to(&host);
-    let key = m.key(&mut host.tpm, Some(&host.bind))?;
-    let rolled = m.sealed_to(&mut host.tpm, &key, &parse_pcrs("14,15")?)?;
+    let (pkg, _, _) = rolled_out(&mut host)?;
+    let rolled = pkg.manifest;
     // The patched Xen replaced by another build: PCR 14 moves, 15 does not.
     host.measure(14, "/boot/xen.gz", b"another xen")?;
     let err = rolled.key(&mut host.tpm, None).unwrap_err();
@@ -219,6 +212,17 @@ fn rollin_on_another_host_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A booted host with `hello` deployed to it and rolled out to PCRs 14,15,
+/// written to disk and read back; also the bound manifest.
+fn rolled_out(host: &mut Host) -> anyhow::Result<(Package, Manifest, Vec<u8>)> {
+    host.boot()?;
+    let (m, code) = deploy_to(host);
+    let key = m.key(&mut host.tpm, Some(&host.bind))?;
+    let rolled = m.sealed_to(&mut host.tpm, &key, &parse_pcrs("14,15")?)?;
+    let path = Package::write(&host.dir.path().join("app"), &rolled, &code)?;
+    Ok((Package::read(&path)?, m, code))
+}
+
 fn pv_guest() -> (FakeHypervisor, FakeXenStore, DomId) {
     let hv = FakeHypervisor::new();
     let xs = FakeXenStore::new();
@@ -229,12 +233,7 @@ fn pv_guest() -> (FakeHypervisor, FakeXenStore, DomId) {
 #[test]
 fn load_hands_k1_to_xen_for_one_registration() -> anyhow::Result<()> {
     let mut host = Host::start()?;
-    host.boot()?;
-    let (m, code) = deploy_to(&host);
-    let key = m.key(&mut host.tpm, Some(&host.bind))?;
-    let rolled = m.sealed_to(&mut host.tpm, &key, &parse_pcrs("14,15")?)?;
-    let path = Package::write(&host.dir.path().join("app"), &rolled, &code)?;
-    let pkg = Package::read(&path)?;
+    let (pkg, m, code) = rolled_out(&mut host)?;
     let (hv, xs, dom) = pv_guest();
     let token = circ_keyd::load::load(&mut host.tpm, &hv, &xs, &pkg, dom, true)?;
     assert!(hv.tsys_status(dom)?.token_armed);
@@ -261,12 +260,7 @@ fn load_hands_k1_to_xen_for_one_registration() -> anyhow::Result<()> {
 #[test]
 fn load_after_a_pcr_changed_arms_nothing() -> anyhow::Result<()> {
     let mut host = Host::start()?;
-    host.boot()?;
-    let (m, code) = deploy_to(&host);
-    let key = m.key(&mut host.tpm, Some(&host.bind))?;
-    let rolled = m.sealed_to(&mut host.tpm, &key, &parse_pcrs("14,15")?)?;
-    let path = Package::write(&host.dir.path().join("app"), &rolled, &code)?;
-    let pkg = Package::read(&path)?;
+    let (pkg, _, _) = rolled_out(&mut host)?;
     host.measure(15, "/etc/xen/evil.cfg", b"name = \"evil\"")?;
     let (hv, xs, dom) = pv_guest();
     let err = circ_keyd::load::load(&mut host.tpm, &hv, &xs, &pkg, dom, true).unwrap_err();

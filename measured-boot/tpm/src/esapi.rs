@@ -101,6 +101,30 @@ impl EsapiTpm {
         })
     }
 
+    /// Creates a key from `template` under `hierarchy`'s primary: its
+    /// marshalled public area and its wrapped private part.
+    fn create_child(
+        &mut self,
+        hierarchy: Hierarchy,
+        template: Public,
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let parent = self.create_parent(hierarchy)?;
+        let created = self.with_flushed(parent.into(), |me| {
+            me.ctx
+                .execute_with_nullauth_session(|ctx| {
+                    ctx.create(parent, template, None, None, None, None)
+                })
+                .map_err(cmd("Create"))
+        })?;
+        Ok((
+            created
+                .out_public
+                .marshall()
+                .map_err(cmd("marshal public"))?,
+            created.out_private.value().to_vec(),
+        ))
+    }
+
     /// A policy session holding PolicyPCR over the current values of `pcrs`.
     fn pcr_policy_session(
         &mut self,
@@ -132,20 +156,10 @@ impl EsapiTpm {
 }
 
 fn parent_template() -> Result<Public, TpmError> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()
-        .map_err(cmd("template"))?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
+        .with_object_attributes(ecc_attributes(true, false, true)?)
         .with_ecc_parameters(
             PublicEccParametersBuilder::new_restricted_decryption_key(
                 SymmetricDefinitionObject::AES_128_CFB,
@@ -159,32 +173,42 @@ fn parent_template() -> Result<Public, TpmError> {
         .map_err(cmd("template"))
 }
 
-fn ak_template() -> Result<Public, TpmError> {
-    let attrs = ObjectAttributesBuilder::new()
+/// Attributes shared by Circular's ECC keys (`fixedTPM|fixedParent|
+/// sensitiveDataOrigin|userWithAuth|noDA`) plus the key's own.
+fn ecc_attributes(
+    restricted: bool,
+    sign: bool,
+    decrypt: bool,
+) -> Result<tss_esapi::attributes::ObjectAttributes, TpmError> {
+    ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
         .with_no_da(true)
-        // Restricted: it signs only what the TPM itself generated (quotes), so a
-        // signature with TPM_GENERATED_VALUE cannot be forged through it.
-        .with_restricted(true)
-        .with_sign_encrypt(true)
+        .with_restricted(restricted)
+        .with_sign_encrypt(sign)
+        .with_decrypt(decrypt)
         .build()
-        .map_err(cmd("template"))?;
+        .map_err(cmd("template"))
+}
+
+/// A P-256 signing (`sign`) or ECDH (not `sign`) key template, no
+/// symmetric algorithm, with `scheme`.
+fn ecc_template(restricted: bool, sign: bool, scheme: EccScheme) -> Result<Public, TpmError> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
+        .with_object_attributes(ecc_attributes(restricted, sign, !sign)?)
         .with_ecc_parameters(
             PublicEccParametersBuilder::new()
-                .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+                .with_ecc_scheme(scheme)
                 .with_curve(EccCurve::NistP256)
                 .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
                 .with_symmetric(SymmetricDefinitionObject::Null)
-                .with_is_signing_key(true)
-                .with_is_decryption_key(false)
-                .with_restricted(true)
+                .with_is_signing_key(sign)
+                .with_is_decryption_key(!sign)
+                .with_restricted(restricted)
                 .build()
                 .map_err(cmd("template"))?,
         )
@@ -193,37 +217,24 @@ fn ak_template() -> Result<Public, TpmError> {
         .map_err(cmd("template"))
 }
 
+fn ak_template() -> Result<Public, TpmError> {
+    // Restricted: it signs only what the TPM itself generated (quotes), so a
+    // signature with TPM_GENERATED_VALUE cannot be forged through it.
+    ecc_template(
+        true,
+        true,
+        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+    )
+}
+
 fn bind_template() -> Result<Public, TpmError> {
     // Unrestricted decryption key for ECDH only: it derives shared secrets
     // on request, signs nothing, and never leaves this TPM.
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_decrypt(true)
-        .build()
-        .map_err(cmd("template"))?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)))
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_symmetric(SymmetricDefinitionObject::Null)
-                .with_is_signing_key(false)
-                .with_is_decryption_key(true)
-                .with_restricted(false)
-                .build()
-                .map_err(cmd("template"))?,
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(cmd("template"))
+    ecc_template(
+        false,
+        false,
+        EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha256)),
+    )
 }
 
 fn sealed_template(policy: Digest) -> Result<Public, TpmError> {
@@ -296,22 +307,8 @@ impl Tpm for EsapiTpm {
     }
 
     fn create_ak(&mut self) -> Result<AkBlob, TpmError> {
-        let template = ak_template()?;
-        let parent = self.create_parent(Hierarchy::Endorsement)?;
-        let created = self.with_flushed(parent.into(), |me| {
-            me.ctx
-                .execute_with_nullauth_session(|ctx| {
-                    ctx.create(parent, template, None, None, None, None)
-                })
-                .map_err(cmd("Create"))
-        })?;
-        Ok(AkBlob {
-            public: created
-                .out_public
-                .marshall()
-                .map_err(cmd("marshal public"))?,
-            private: created.out_private.value().to_vec(),
-        })
+        let (public, private) = self.create_child(Hierarchy::Endorsement, ak_template()?)?;
+        Ok(AkBlob { public, private })
     }
 
     fn quote(&mut self, ak: &AkBlob, nonce: &[u8], pcrs: &PcrSet) -> Result<RawQuote, TpmError> {
@@ -381,22 +378,8 @@ impl Tpm for EsapiTpm {
     }
 
     fn create_bind_key(&mut self) -> Result<BindKeyBlob, TpmError> {
-        let template = bind_template()?;
-        let parent = self.create_parent(Hierarchy::Owner)?;
-        let created = self.with_flushed(parent.into(), |me| {
-            me.ctx
-                .execute_with_nullauth_session(|ctx| {
-                    ctx.create(parent, template, None, None, None, None)
-                })
-                .map_err(cmd("Create"))
-        })?;
-        Ok(BindKeyBlob {
-            public: created
-                .out_public
-                .marshall()
-                .map_err(cmd("marshal public"))?,
-            private: created.out_private.value().to_vec(),
-        })
+        let (public, private) = self.create_child(Hierarchy::Owner, bind_template()?)?;
+        Ok(BindKeyBlob { public, private })
     }
 
     fn ecdh_zgen(&mut self, key: &BindKeyBlob, point: &[u8]) -> Result<Secret, TpmError> {
