@@ -215,7 +215,19 @@ impl Package {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeydError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| KeydError::io(&tmp, e))?;
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        // A crash leaves the old file or the whole new one, never a torn one.
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(KeydError::io(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| KeydError::io(path, e))
 }
