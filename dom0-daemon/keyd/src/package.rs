@@ -231,3 +231,62 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeydError> {
     }
     std::fs::rename(&tmp, path).map_err(|e| KeydError::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(seed: u8) -> HostKey {
+        let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        HostKey::from_sec1(secret.public_key().to_sec1_bytes().as_ref()).unwrap()
+    }
+
+    fn manifest() -> Manifest {
+        deploy("hello", b"program", &host(7)).unwrap().0
+    }
+
+    #[test]
+    fn manifests_round_trip_and_hold_no_key() {
+        let m = manifest();
+        let text = m.to_toml();
+        assert_eq!(Manifest::from_toml(&text).unwrap(), m);
+        assert!(text.contains("[bound]") && !text.contains("[sealed]"));
+        assert_eq!(m.plain_len, 7);
+        assert_eq!(m.code, "hello.cts1");
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused() {
+        let good = manifest().to_toml();
+        let file_id = good.lines().find(|l| l.starts_with("file_id")).unwrap();
+        let cases = [
+            (good.replace("circ-tsys-app/1", "circ-tsys-app/2"), "format"),
+            (format!("extra = 1\n{good}"), "unknown field"),
+            (
+                good.replace("hello.cts1", "../../etc/shadow"),
+                "plain file names",
+            ),
+            (
+                good.replace("name = \"hello\"", "name = \".x\""),
+                "plain file names",
+            ),
+            (good.replace("[bound]", "[elsewhere]"), "unknown field"),
+            (good.replace(file_id, "file_id = \"xyz\""), "is not hex"),
+        ];
+        for (text, expected) in cases {
+            let err = Manifest::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let mut neither = manifest();
+        neither.bound = None;
+        let err = Manifest::from_toml(&neither.to_toml()).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn deploy_refuses_names_that_are_not_plain() {
+        for name in ["", "a/b", "..", ".hidden", &"x".repeat(65)] {
+            assert!(deploy(name, b"p", &host(9)).is_err(), "{name:?}");
+        }
+    }
+}
