@@ -1,4 +1,4 @@
-//! `circ-keyd`: at boot (systemd unit `circ-keyd.service`, after the
+//! `circ-keyd`: at boot (systemd unit `dom0-daemon/keyd/circ-keyd.service`, after the
 //! domains started), loads each configured rolled-out application's k1
 //! into Xen for one registration in its domain. Everything is in the
 //! library; `circ tsys rollin` does the same for one application by hand.
