@@ -337,6 +337,45 @@ fn the_ak_public_area_says_what_the_verifier_checks() -> anyhow::Result<()> {
 }
 
 #[test]
+fn the_bind_key_is_an_ecdh_key_fixed_to_this_tpm() -> anyhow::Result<()> {
+    let mut f = fixture()?;
+    let bind = f.tpm.create_bind_key()?;
+    let area = circ_measured_boot::wire::parse_ecc_public(&bind.public)?;
+    assert_eq!(
+        circ_measured_boot::wire::attr::names(area.attributes),
+        [
+            "fixedTPM",
+            "fixedParent",
+            "sensitiveDataOrigin",
+            "userWithAuth",
+            "noDA",
+            "decrypt"
+        ],
+        "unrestricted, decrypt only: no signing, no duplication"
+    );
+    // TPM_ALG_ECDH (0x0019) with SHA-256 (0x000b), P-256 (0x0003).
+    assert_eq!(area.scheme, Some((0x0019, 0x000b)));
+    assert_eq!(area.curve, 0x0003);
+    let point = bind.point()?;
+    assert_eq!((point.len(), point[0]), (65, 4));
+    // ZGen on our own point: deterministic, 32 bytes, nothing left loaded.
+    let z1 = f.tpm.ecdh_zgen(&bind, &point)?;
+    let z2 = f.tpm.ecdh_zgen(&bind, &point)?;
+    assert_eq!(z1.expose().len(), 32);
+    assert_eq!(z1, z2);
+    // Not a point: refused before the TPM sees it, or by the TPM.
+    assert!(matches!(
+        f.tpm.ecdh_zgen(&bind, &point[..64]),
+        Err(TpmError::BadPoint)
+    ));
+    let mut off_curve = point.clone();
+    off_curve[64] ^= 1;
+    assert!(f.tpm.ecdh_zgen(&bind, &off_curve).is_err());
+    assert_eq!(f.tpm.flush_transients()?, 0);
+    Ok(())
+}
+
+#[test]
 fn the_fake_tpm_agrees_with_swtpm() -> anyhow::Result<()> {
     let mut f = fixture()?;
     let mut fake = circ_tpm::FakeTpm::new();
