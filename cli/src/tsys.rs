@@ -26,6 +26,11 @@ pub enum TsysCommand {
         /// Print the token (hex) on stdout instead of writing it to xenstore.
         #[arg(long)]
         print_token: bool,
+        /// Attach the sealed-I/O key in FILE (32 bytes, raw or as 64 hex
+        /// digits) to the registration (xen-patches/0004). For tests and
+        /// by-hand use; circ-keyd hands Xen keys it unsealed from the TPM.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// End a domain's authorisation: its token and every registration.
     Revoke { domid: u16 },
@@ -80,10 +85,20 @@ pub fn run(cmd: TsysCommand) -> anyhow::Result<Exit> {
     }
     let hv = XenHypervisor::open()?;
     match cmd {
-        TsysCommand::Authorise { domid, print_token } => {
+        TsysCommand::Authorise {
+            domid,
+            print_token,
+            key_file,
+        } => {
             let dom = DomId(domid);
             let xs = XenStoreHandle::open()?;
-            let token = circ_hv::tsys::authorise(&hv, &xs, dom, !print_token)?;
+            let token = match key_file {
+                Some(path) => {
+                    let key = read_key_file(&path)?;
+                    circ_hv::tsys::authorise_keyed(&hv, &xs, dom, &key, !print_token)?
+                }
+                None => circ_hv::tsys::authorise(&hv, &xs, dom, !print_token)?,
+            };
             if print_token {
                 println!("{}", token.to_hex());
             } else {
@@ -138,14 +153,18 @@ fn list(hv: &XenHypervisor, only: Option<DomId>, json: bool) -> anyhow::Result<(
             } else {
                 "not authorised"
             },
-            if s.token_armed { ", token armed" } else { "" },
+            match (s.token_armed, s.key_armed) {
+                (true, true) => ", token armed with a key",
+                (true, false) => ", token armed",
+                _ => "",
+            },
             s.refused
         )?;
         for p in &s.processes {
             writeln!(
                 out,
                 "  l4 {}: calls {} bounces {} restores {} deferred {} pending {} dropped {} \
-                 private pages {} (hidden {}, exposed {})",
+                 private pages {} (hidden {}, exposed {}){}",
                 p.l4_mfn,
                 p.calls,
                 p.bounces,
@@ -155,11 +174,47 @@ fn list(hv: &XenHypervisor, only: Option<DomId>, json: bool) -> anyhow::Result<(
                 p.dropped,
                 p.cloak_pages,
                 p.cloak_held,
-                p.cloak_exposed
+                p.cloak_exposed,
+                if p.keyed {
+                    format!(
+                        ", keyed: sealed fds {} blocks {} refused {}",
+                        p.sealed_fds, p.sealed_blocks, p.seal_refused
+                    )
+                } else {
+                    String::new()
+                }
             )?;
         }
     }
     Ok(())
+}
+
+/// A 32-byte key from `path`: the raw bytes, or 64 hex digits (and a
+/// newline). The buffers are wiped.
+fn read_key_file(path: &Path) -> anyhow::Result<circ_hv::TsysKey> {
+    use zeroize::Zeroizing;
+
+    let bytes = Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the key file {}", path.display()))?,
+    );
+    let mut key = Zeroizing::new([0u8; circ_hv::TSYS_KEY_LEN]);
+    if bytes.len() == key.len() {
+        key.copy_from_slice(&bytes);
+    } else {
+        let text = std::str::from_utf8(&bytes).unwrap_or("").trim();
+        if text.len() != 2 * key.len() || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!(
+                "{}: a key file holds 32 bytes, raw or as 64 hex digits ({} bytes here)",
+                path.display(),
+                bytes.len()
+            );
+        }
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
+        }
+    }
+    Ok(circ_hv::TsysKey::from_bytes(*key))
 }
 
 fn rewrite(input: &Path, output: Option<&Path>, lenient: bool, json: bool) -> anyhow::Result<Exit> {

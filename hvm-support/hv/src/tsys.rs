@@ -121,6 +121,16 @@ pub struct TsysProcess {
     /// Entries into the kernel that left the region visible because
     /// another thread of the process ran in user mode.
     pub cloak_exposed: u32,
+    /// dom0 attached a key to its registration: it may seal fds
+    /// (xen-patches/0004).
+    pub keyed: bool,
+    /// File descriptors it has sealed now.
+    pub sealed_fds: u16,
+    /// Blocks Xen sealed for it (low 32 bits).
+    pub sealed_blocks: u32,
+    /// Calls on sealed fds Xen refused (read/write, no window, bad
+    /// offset, an unrewritten `syscall`); saturates at 65535.
+    pub seal_refused: u16,
 }
 
 /// A domain's trusted-syscall state in Xen.
@@ -130,6 +140,8 @@ pub struct TsysStatus {
     pub authorised: bool,
     /// A token is armed: the next correct registration will succeed.
     pub token_armed: bool,
+    /// The armed token carries a key (xen-patches/0004).
+    pub key_armed: bool,
     /// `int $0x81` that Xen left to stock behaviour (#GP to the guest
     /// kernel): unregistered processes, bad tokens, refused calls.
     pub refused: u64,

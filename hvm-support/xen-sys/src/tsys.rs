@@ -1,6 +1,7 @@
 // Written by hand, not by regenerate.sh: Circular's own domctl,
 // XEN_DOMCTL_circ_tsys, added to the hypervisor by
-// xen-patches/0002-x86-pv-trusted-system-calls-through-int-0x81.patch, is not
+// xen-patches/0002-x86-pv-trusted-system-calls-through-int-0x81.patch (and
+// extended by 0003 and 0004), is not
 // in Debian's libxen-dev headers. Keep these in step with that patch's
 // xen/include/public/domctl.h.
 //
@@ -13,10 +14,14 @@ pub const XEN_DOMCTL_circ_tsys: u32 = 900;
 pub const XEN_DOMCTL_TSYS_OP_authorise: u32 = 0;
 pub const XEN_DOMCTL_TSYS_OP_revoke: u32 = 1;
 pub const XEN_DOMCTL_TSYS_OP_info: u32 = 2;
+/// xen-patches/0004: attaches a key (in `token`) to the armed registration.
+pub const XEN_DOMCTL_TSYS_OP_key: u32 = 3;
 pub const XEN_DOMCTL_TSYS_TOKEN_SIZE: usize = 32;
 pub const XEN_DOMCTL_TSYS_F_authorised: u32 = 1 << 0;
 pub const XEN_DOMCTL_TSYS_F_token_armed: u32 = 1 << 1;
 pub const XEN_DOMCTL_TSYS_F_proc: u32 = 1 << 2;
+pub const XEN_DOMCTL_TSYS_F_keyed: u32 = 1 << 3;
+pub const XEN_DOMCTL_TSYS_F_key_armed: u32 = 1 << 4;
 
 /// `struct xen_domctl_circ_tsys`.
 #[repr(C)]
@@ -38,6 +43,10 @@ pub struct xen_domctl_circ_tsys {
     pub dropped: u64,
     pub cloak_held: u32,
     pub cloak_exposed: u32,
+    // xen-patches/0004: sealed I/O.
+    pub sealed_blocks: u32,
+    pub sealed_fds: u16,
+    pub seal_refused: u16,
 }
 
 /// `struct xen_domctl` with its union as the 128 bytes of its largest
@@ -53,7 +62,7 @@ pub struct xen_domctl {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<xen_domctl_circ_tsys>() == 120);
+    assert!(core::mem::size_of::<xen_domctl_circ_tsys>() == 128);
     assert!(core::mem::size_of::<xen_domctl_circ_tsys>() <= 128);
     assert!(core::mem::size_of::<xen_domctl>() == 144);
 };

@@ -5,7 +5,8 @@ use std::mem;
 
 use circ_hv::{
     DomId, DomainInfo, ErrorKind, Gfn, GrantRef, HvError, Hypervisor, PhysInfo, SharePage,
-    ShareSide, SharingEvents, SharingHandle, TsysStatus, TsysToken, VcpuRegs, VirtCaps, XenVersion,
+    ShareSide, SharingEvents, SharingHandle, TsysKey, TsysStatus, TsysToken, VcpuRegs, VirtCaps,
+    XenVersion,
 };
 use circ_xen_sys as sys;
 
@@ -297,6 +298,15 @@ impl Hypervisor for XenHypervisor {
     /// context, instance = vCPU id.
     fn tsys_authorise(&self, dom: DomId, token: &TsysToken) -> Result<(), HvError> {
         crate::tsys::authorise(&self.ctrl, dom, token)
+    }
+
+    fn tsys_authorise_keyed(
+        &self,
+        dom: DomId,
+        token: &TsysToken,
+        key: &TsysKey,
+    ) -> Result<(), HvError> {
+        crate::tsys::authorise_keyed(&self.ctrl, dom, token, key)
     }
 
     fn tsys_revoke(&self, dom: DomId) -> Result<(), HvError> {

@@ -43,6 +43,9 @@
 /* xen-patches/0002: 'tsys' << 32 | 1, and | 2 for the private region. */
 #define TSYS_OP_REGISTER 0x7473797300000001UL
 #define TSYS_OP_CLOAK 0x7473797300000002UL
+/* xen-patches/0004: sealed I/O. */
+#define TSYS_OP_SEAL 0x7473797300000003UL
+#define TSYS_OP_WINDOW 0x7473797300000004UL
 /* The secret pattern in the callee-saved registers: PATTERN ^ 1..6. */
 #define PATTERN 0x5ec2e75ec2e75e00UL
 #define NR_PATTERN_REGS 6
@@ -645,6 +648,10 @@ static int trusted_process(const uint64_t *token, int ready_fd, int data_fd,
               "the secret page %ld (want 0)", r, r2, r3);
     }
 
+    r = int81((long)TSYS_OP_SEAL, 1, 7, 1);
+    check("trusted-seal-needs-key", r == -126,
+          "sealing an fd without a key from dom0: %ld (want -ENOKEY)", r);
+
     r = int81(SYS_write, 1, (long)hello, sizeof(hello) - 1);
     check("trusted-write", r == (long)sizeof(hello) - 1,
           "write(1, ...) through int 0x81 returned %ld", r);
@@ -1022,6 +1029,229 @@ static void applet_checks(int patched)
           128 + SIGSEGV);
 }
 
+/* --- sealed I/O (xen-patches/0004) ----------------------------------------- */
+
+/* A system call through int $0x81 with a fourth argument (r10). */
+static long int81_4(long nr, long a1, long a2, long a3, long a4)
+{
+    long ret;
+    register long r10 __asm__("r10") = a4;
+    __asm__ volatile("int $0x81"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+#define SEAL_FILE "/tmp/sealed"
+#define SEAL_FILE_ID 0x5ea1ed0f11e00001L
+#define SEAL_BLOCK 4096
+#define SEAL_STORED 4144
+#define SEAL_LEN 10000 /* two whole blocks and a short one */
+#define SEAL_WINDOW (16 * SEAL_STORED)
+#define SEAL_MARK "CIRC-SEALED-SECRET-"
+
+static void seal_fill(char *buf, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < len; i += 24)
+        snprintf(buf + i, len - i < 25 ? len - i : 25, SEAL_MARK "%04zu|", i / 24 % 10000);
+}
+
+/* Waits for dom0's token (a keyed one here), removes it; 0 when it came. */
+static int wait_token(uint64_t token[4], int seconds)
+{
+    char value[128];
+    int i;
+
+    for (i = 0; i < seconds * 5; i++) {
+        if (xs_request(XS_READ, "data/tsys/token", value, sizeof(value)) > 0) {
+            xs_request(XS_RM, "data/tsys/token", value + 100, sizeof(value) - 100);
+            return parse_token(value, token);
+        }
+        usleep(200000);
+    }
+    return -1;
+}
+
+/* Waits for the parent's next step on `cmd`; 0 when it came. */
+static int seal_step(int cmd)
+{
+    char c;
+    return read(cmd, &c, 1) == 1 ? 0 : -1;
+}
+
+/*
+ * The keyed trusted process: seals SEAL_FILE, writes and reads it back, then
+ * reads it after each of the parent's attacks.  Each outcome is one byte on
+ * `res` (1 ok, 0 not) after a line of its own; the parent reports checks.
+ */
+static int sealed_process(const uint64_t *token, int cmd, int res)
+{
+    static char data[SEAL_LEN], back[16384];
+    char *win;
+    long r, r2, r3;
+    int fd, ok;
+
+#define SEAL_REPORT(name, cond, ...)                                           \
+    do {                                                                       \
+        ok = (cond);                                                           \
+        check(name, ok, __VA_ARGS__);                                          \
+        if (write(res, &(char){ (char)ok }, 1) != 1)                           \
+            return 1;                                                          \
+    } while (0)
+
+    r = int81_register(token);
+    SEAL_REPORT("sealed-register-keyed", r == 0, "registration with the keyed token: %ld", r);
+    if (r != 0)
+        return 1;
+    fd = open(SEAL_FILE, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    r = int81((long)TSYS_OP_SEAL, fd, SEAL_FILE_ID, 1);
+    r2 = int81_4(SYS_pwrite64, fd, (long)data, SEAL_BLOCK, 0);
+    win = mmap(NULL, SEAL_WINDOW, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(win, 0, SEAL_WINDOW);
+    r3 = int81((long)TSYS_OP_WINDOW, (long)win, SEAL_WINDOW, 0);
+    SEAL_REPORT("sealed-fd-and-window", fd >= 0 && r == 0 && r2 == -ENOBUFS && r3 == 0,
+                "seal fd %d: %ld; pwrite before a window: %ld (want -ENOBUFS); window: %ld",
+                fd, r, r2, r3);
+
+    seal_fill(data, sizeof(data));
+    r = int81_4(SYS_pwrite64, fd, (long)data, SEAL_LEN, 0);
+    /* Ask for more than there is: the answer stops at the short block. */
+    memset(back, 0, sizeof(back));
+    r2 = int81_4(SYS_pread64, fd, (long)back, sizeof(back), 0);
+    SEAL_REPORT("sealed-write-read-back", r == SEAL_LEN && r2 == SEAL_LEN &&
+                                              memcmp(back, data, SEAL_LEN) == 0,
+                "pwrite %ld, pread of 16 KiB %ld (want %d both), data %s", r, r2, SEAL_LEN,
+                memcmp(back, data, SEAL_LEN) == 0 ? "identical" : "DIFFERS");
+
+    r = int81(SYS_write, fd, (long)data, 100);
+    r2 = int81(SYS_read, fd, (long)back, 100);
+    r3 = int81_4(SYS_pread64, fd, (long)back, 100, 100);
+    {
+        /* Not rewritten: libc's pwrite is a `syscall`, which Xen cannot seal. */
+        long r4 = pwrite(fd, data, 100, 0) < 0 ? -errno : 0;
+
+        SEAL_REPORT("sealed-refusals", r == -EINVAL && r2 == -EINVAL && r3 == -EINVAL &&
+                                           r4 == -ENOSYS,
+                    "write %ld, read %ld, pread at offset 100 %ld (want -EINVAL), "
+                    "pwrite by `syscall` %ld (want -ENOSYS)", r, r2, r3, r4);
+    }
+
+    /* dom0 looks at the keyed process (state sealed-holding), then go. */
+    xs_write("data/tsys/state", "sealed-holding");
+    while (xs_request(XS_READ, "data/tsys/go-seal", back, sizeof(back)) <= 0)
+        usleep(200000);
+
+    /* The parent flipped a ciphertext byte of block 1. */
+    if (write(res, "w", 1) != 1 || seal_step(cmd))
+        return 1;
+    r = int81_4(SYS_pread64, fd, (long)back, SEAL_BLOCK, SEAL_BLOCK);
+    r2 = int81_4(SYS_pread64, fd, (long)back, SEAL_BLOCK, 0);
+    SEAL_REPORT("sealed-tampered-block-ebadmsg", r == -EBADMSG && r2 == SEAL_BLOCK &&
+                                                     memcmp(back, data, SEAL_BLOCK) == 0,
+                "pread of the flipped block %ld (want -EBADMSG), of the block before it %ld",
+                r, r2);
+
+    /* The parent put block 1 where block 0 was (a replay elsewhere). */
+    if (seal_step(cmd))
+        return 1;
+    r = int81_4(SYS_pread64, fd, (long)back, SEAL_BLOCK, 0);
+    SEAL_REPORT("sealed-moved-block-ebadmsg", r == -EBADMSG,
+                "pread of a block moved from index 1 to 0: %ld (want -EBADMSG)", r);
+
+    /* The parent cut the file inside block 1. */
+    if (seal_step(cmd))
+        return 1;
+    r = int81_4(SYS_pread64, fd, (long)back, 2 * SEAL_BLOCK, 0);
+    SEAL_REPORT("sealed-cut-file-ebadmsg", r == -EBADMSG,
+                "pread across a cut block: %ld (want -EBADMSG)", r);
+
+    r = int81(SYS_close, fd, 0, 0);
+    r2 = int81((long)TSYS_OP_SEAL, fd, SEAL_FILE_ID, 0);
+    SEAL_REPORT("sealed-close", r == 0 && r2 == 0, "close %ld, unseal after it %ld", r, r2);
+    return 0;
+#undef SEAL_REPORT
+}
+
+/*
+ * Patched Xen: dom0 attaches a key to the next registration (state
+ * want-key-token; `circ tsys authorise --key-file`).  The keyed process
+ * writes SEAL_FILE sealed; this (untrusted) parent finds only ciphertext in
+ * it, prints block 0 for the host to open with the key, and attacks it.
+ */
+static void seal_checks(void)
+{
+    uint64_t token[4];
+    int cmd[2], res[2], status, fd, found = 0;
+    static char file[4 * SEAL_STORED];
+    char c;
+    ssize_t n;
+    pid_t pid;
+
+    xs_write("data/tsys/state", "want-key-token");
+    if (wait_token(token, 300) != 0) {
+        check("sealed-token", 0, "no keyed token in 300 s");
+        return;
+    }
+    if (pipe(cmd) || pipe(res))
+        return;
+    pid = fork();
+    if (pid == 0) {
+        close(cmd[1]);
+        close(res[0]);
+        _exit(sealed_process(token, cmd[0], res[1]));
+    }
+    close(cmd[0]);
+    close(res[1]);
+    /* Four verdicts, then "w": the file is written. */
+    while (read(res[0], &c, 1) == 1 && c != 'w')
+        ;
+    fd = open(SEAL_FILE, O_RDWR);
+    n = fd < 0 ? -1 : pread(fd, file, sizeof(file), 0);
+    found = n > 0 && memmem(file, n, SEAL_MARK, strlen(SEAL_MARK)) != NULL;
+    check("sealed-file-ciphertext-only",
+          n == 3 * SEAL_STORED && !found && memcmp(file, "CTS1", 4) == 0 &&
+              memcmp(file + SEAL_STORED, "CTS1", 4) == 0,
+          "an untrusted read of the file: %zd bytes (want %d), plaintext %s, CTS1 headers %s",
+          n, 3 * SEAL_STORED, found ? "FOUND" : "absent",
+          memcmp(file, "CTS1", 4) == 0 ? "present" : "MISSING");
+    /* Block 0 for the host half (tsys.host.sh), which opens it with the key. */
+    for (int off = 0; n >= SEAL_STORED && off < SEAL_STORED; off += 112) {
+        char hex[2 * 112 + 1];
+        int len = SEAL_STORED - off < 112 ? SEAL_STORED - off : 112;
+
+        for (int i = 0; i < len; i++)
+            sprintf(hex + 2 * i, "%02x", (unsigned char)file[off + i]);
+        say("circ-tsys: sealed-block0 %s", hex);
+    }
+
+    /* Attack 1: flip a ciphertext byte of block 1. */
+    c = file[SEAL_STORED + 32 + 100] ^ 1;
+    if (pwrite(fd, &c, 1, SEAL_STORED + 32 + 100) != 1 || write(cmd[1], "1", 1) != 1 ||
+        read(res[0], &c, 1) != 1)
+        goto out;
+    /* Attack 2: block 1, intact, in place of block 0. */
+    if (pwrite(fd, file + SEAL_STORED, SEAL_STORED, 0) != SEAL_STORED ||
+        write(cmd[1], "2", 1) != 1 || read(res[0], &c, 1) != 1)
+        goto out;
+    /* Attack 3: block 0 back, the file cut 100 bytes into block 1. */
+    if (pwrite(fd, file, SEAL_STORED, 0) != SEAL_STORED ||
+        ftruncate(fd, SEAL_STORED + 100) != 0 || write(cmd[1], "3", 1) != 1 ||
+        read(res[0], &c, 1) != 1)
+        goto out;
+    read(res[0], &c, 1); /* the close verdict */
+out:
+    close(cmd[1]);
+    status = wait_status(pid);
+    check("sealed-process", WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the keyed process: %s", describe(status));
+    if (fd >= 0)
+        close(fd);
+    close(res[0]);
+}
+
 /* --- scripts/bench tsys ------------------------------------------------------ */
 
 #define BENCH_ROUNDS 7
@@ -1235,6 +1465,8 @@ int main(int argc, char **argv)
     if (have_token)
         trusted_checks(token);
     applet_checks(have_token);
+    if (have_token)
+        seal_checks();
     say("circ-tsys: done checks=%d failed=%d", checks, failed);
     return failed ? 1 : 0;
 }

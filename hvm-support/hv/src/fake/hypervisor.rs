@@ -357,10 +357,13 @@ impl FakeHypervisor {
         }
         t.token = None;
         t.keys.retain(|(m, _)| *m != l4);
+        let keyed = t.armed_key.is_some();
         if let Some(key) = t.armed_key.take() {
             t.keys.push((l4, key));
         }
-        if !t.processes.iter().any(|p| p.l4_mfn == l4) {
+        if let Some(p) = t.processes.iter_mut().find(|p| p.l4_mfn == l4) {
+            p.keyed = keyed;
+        } else {
             t.processes.push(TsysProcess {
                 l4_mfn: l4,
                 calls: 0,
@@ -372,6 +375,10 @@ impl FakeHypervisor {
                 cloak_pages: 0,
                 cloak_held: 0,
                 cloak_exposed: 0,
+                keyed,
+                sealed_fds: 0,
+                sealed_blocks: 0,
+                seal_refused: 0,
             });
         }
         true
@@ -654,6 +661,7 @@ impl Hypervisor for FakeHypervisor {
         self.tsys_domain(dom, "read the trusted-syscall state of", |t| TsysStatus {
             authorised: t.authorised,
             token_armed: t.token.is_some(),
+            key_armed: t.armed_key.is_some(),
             refused: t.refused,
             processes: t.processes.clone(),
         })
