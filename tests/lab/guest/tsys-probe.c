@@ -1252,6 +1252,82 @@ out:
     close(res[0]);
 }
 
+/*
+ * Patched Xen, keys from dom0's TPM (issue 11): dom0 deployed a small
+ * application under a key k1 bound to its TPM's bind key, rolled it out
+ * (k1 sealed to PCRs 14 and 15), and hands its CTS1 ciphertext here through
+ * xenstore (data/tsys/pkg/...); `circ tsys rollin` unseals k1 and gives it
+ * to Xen with a token. The process that registers with that token opens
+ * the ciphertext through Xen's sealed read: the plaintext must hash to what
+ * dom0 published. k1 itself never reaches the guest.
+ */
+static void package_checks(void)
+{
+    static char cts[16 * SEAL_STORED], plain[16 * SEAL_BLOCK];
+    char val[4200], path[64], sha[72];
+    uint64_t token[4];
+    unsigned long long file_id;
+    long len, r = -1;
+    int chunks, i, fd, status;
+    size_t n = 0;
+    pid_t pid;
+
+    xs_write("data/tsys/state", "want-package");
+    for (i = 0; i < 1500 && xs_request(XS_READ, "data/tsys/pkg/sha256", sha, sizeof(sha)) <= 0; i++)
+        usleep(200000);
+    if (xs_request(XS_READ, "data/tsys/pkg/chunks", val, sizeof(val)) <= 0 ||
+        (chunks = atoi(val)) <= 0 || xs_request(XS_READ, "data/tsys/pkg/len", val, sizeof(val)) <= 0 ||
+        (len = atol(val)) <= 0 || len > (long)sizeof(plain) ||
+        xs_request(XS_READ, "data/tsys/pkg/file-id", val, sizeof(val)) <= 0) {
+        check("package-received", 0, "no package in data/tsys/pkg");
+        return;
+    }
+    file_id = strtoull(val, NULL, 16);
+    for (i = 0; i < chunks; i++) {
+        int got;
+
+        snprintf(path, sizeof(path), "data/tsys/pkg/%d", i);
+        got = xs_request(XS_READ, path, val, sizeof(val));
+        for (int j = 0; got > 0 && j + 1 < got && n < sizeof(cts); j += 2) {
+            unsigned int b;
+            if (sscanf(val + j, "%2x", &b) != 1)
+                break;
+            cts[n++] = (char)b;
+        }
+    }
+    fd = open("/tmp/pkg.cts1", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, cts, n) != (ssize_t)n || close(fd) != 0 || n % SEAL_STORED ||
+        wait_token(token, 300) != 0) {
+        check("package-received", 0, "%zu ciphertext bytes, or no keyed token from rollin", n);
+        return;
+    }
+    pid = fork();
+    if (pid == 0) {
+        char *win = mmap(NULL, SEAL_WINDOW, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        long reg = int81_register(token);
+
+        memset(win, 0, SEAL_WINDOW);
+        memset(plain, 0, sizeof(plain));
+        fd = open("/tmp/pkg.cts1", O_RDONLY);
+        if (reg == 0 && fd >= 0 && int81((long)TSYS_OP_WINDOW, (long)win, SEAL_WINDOW, 0) == 0 &&
+            int81((long)TSYS_OP_SEAL, fd, (long)file_id, 1) == 0)
+            r = int81_4(SYS_pread64, fd, (long)plain, (len + SEAL_BLOCK - 1) & ~(SEAL_BLOCK - 1), 0);
+        check("package-opens-in-xen", r == len,
+              "registered %ld; the rolled-in package's %zu ciphertext bytes opened by Xen: %ld "
+              "(want %ld)", reg, n, r, len);
+        fd = open("/tmp/pkg.plain", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        _exit(r == len && fd >= 0 && write(fd, plain, len) == len ? 0 : 1);
+    }
+    status = wait_status(pid);
+    sha[64] = 0;
+    check("package-plaintext-matches",
+          WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+              run_sh("busybox sha256sum /tmp/pkg.plain | grep -q '^%s '", sha) == 0,
+          "sha256 of what Xen decrypted with k1 from the TPM against dom0's %.16s...: %s", sha,
+          describe(status));
+}
+
 /* --- scripts/bench tsys ------------------------------------------------------ */
 
 #define BENCH_ROUNDS 7
@@ -1583,8 +1659,10 @@ int main(int argc, char **argv)
     if (have_token)
         trusted_checks(token);
     applet_checks(have_token);
-    if (have_token)
+    if (have_token) {
         seal_checks();
+        package_checks();
+    }
     say("circ-tsys: done checks=%d failed=%d", checks, failed);
     return failed ? 1 : 0;
 }

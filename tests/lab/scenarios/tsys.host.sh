@@ -1,8 +1,13 @@
 #!/bin/bash
-# Host half of `tsys`: the sealed block the guest printed (xen-patches/0004,
-# sealed by Xen's own ChaCha20-Poly1305) must open with the key dom0 chose
-# under another implementation (python's cryptography), with the CTS1
-# additional data (header, block index) that docs/tsys.md specifies.
+# Host half of `tsys`:
+# - the sealed block the guest printed (xen-patches/0004, sealed by Xen's own
+#   ChaCha20-Poly1305) must open with the key dom0 chose under another
+#   implementation (python's cryptography), with the CTS1 additional data
+#   (header, block index) that docs/tsys.md specifies;
+# - migration (issue 11): the package dom0 deployed, bound to dom0's TPM (the
+#   lab's swtpm, restarted on its state after the run), moves to a second
+#   swtpm only after that TPM's quote over a fresh challenge verifies; the
+#   destination can then unseal k1; a replayed quote is refused.
 set -u
 # shellcheck source=tests/lab/dom0/lib.sh
 . "$LAB_LIB"
@@ -41,3 +46,71 @@ except InvalidTag:
     pass
 print("block 0: CTS1, 4096 bytes, file id and index bound, plaintext as written")
 PY
+
+# --- migration between two TPMs --------------------------------------------
+circ=${CIRC:?the host half needs \$CIRC}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# Starts a swtpm on state dir $1 and sets variable $2 to its TCTI.
+# Retries on a taken port.
+start_swtpm() {
+    local port tries
+    for tries in 1 2 3 4 5; do
+        port=$((20000 + (RANDOM % 4000) * 2))
+        swtpm socket --tpm2 --tpmstate dir="$1" \
+            --server type=tcp,port=$port,bindaddr=127.0.0.1 \
+            --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
+            --flags not-need-init,startup-clear </dev/null >/dev/null 2>>"$work/swtpm.log" &
+        pids+=($!)
+        for _ in $(seq 50); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                printf -v "$2" 'swtpm:host=127.0.0.1,port=%s' "$port"
+                return 0
+            fi
+            kill -0 "${pids[-1]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        echo "swtpm attempt $tries on port $port failed" >>"$work/swtpm.log"
+    done
+    return 1
+}
+mkdir -p "$work/src-tpm" "$work/dst-tpm" "$work/dst-state"
+cp -a "$LAB_RUN_DIR/tpm/." "$work/src-tpm/"
+src_tcti='' dst_tcti=
+start_swtpm "$work/src-tpm" src_tcti
+start_swtpm "$work/dst-tpm" dst_tcti
+check "the source TPM (dom0's, from its state) and a second swtpm run" \
+    test -n "$src_tcti" -a -n "$dst_tcti"
+src() { CIRC_TPM_TCTI=$src_tcti CIRC_STATE_DIR="$LAB_OUT/circ-state" "$circ" "$@"; }
+dst() {
+    CIRC_TPM_TCTI=$dst_tcti CIRC_STATE_DIR="$work/dst-state" \
+        CIRC_MEASURE_LOG="$work/dst-state/measurements.log" "$circ" "$@"
+}
+
+check "destination: its boot measured (the lab's Xen)" \
+    dst measure file "$LAB_BOOT_XEN" --description "destination: xen"
+check "destination: circ tsys host-key" dst tsys host-key --out "$work/dst.pem"
+check "destination: circ attest ak" dst attest ak --out "$work/dst-ak.pem"
+nonce=$(src tsys challenge)
+check "destination: circ tsys host-quote over the source's challenge" \
+    dst tsys host-quote --nonce "$nonce" --out "$work/q.json"
+check "source: circ tsys migrate after the quote verifies" \
+    src tsys migrate "$LAB_OUT/pkg/app.toml" --to "$work/dst.pem" --quote "$work/q.json" \
+    --ak "$work/dst-ak.pem" --nonce "$nonce" --out "$work/to-dst"
+check "destination: rollout of the migrated package (k1 unbound by its TPM)" \
+    dst tsys rollout "$work/to-dst/app.toml" --out "$work/dst-rolled"
+check "destination: rollin --check (k1 unseals there)" \
+    dst tsys rollin "$work/dst-rolled/app.toml" --check
+check "source: the program is the same ciphertext on both hosts" \
+    cmp "$LAB_OUT/pkg/app.cts1" "$work/to-dst/app.cts1"
+nonce2=$(src tsys challenge)
+check "source: a replayed quote (answering an old challenge) is refused, exit 3" sh -c '
+    "$@" 2>"$0"; rc=$?; cat "$0" >&2; [ $rc -eq 3 ] && grep -q "wrong nonce" "$0"' \
+    "$work/replayed.err" env CIRC_TPM_TCTI="$src_tcti" CIRC_STATE_DIR="$LAB_OUT/circ-state" \
+    "$circ" tsys migrate "$LAB_OUT/pkg/app.toml" --to "$work/dst.pem" --quote "$work/q.json" \
+    --ak "$work/dst-ak.pem" --nonce "$nonce2" --out "$work/replayed"

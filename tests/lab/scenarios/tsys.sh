@@ -105,7 +105,42 @@ else
         "$LAB_OUT/sealed.json" \
         '.[0].processes | length == 1 and (.[0] | .keyed and .sealed_fds == 1 and .sealed_blocks == 3 and .seal_refused == 5)'
     xenstore-write "$(node go-seal)" 1
-    expected_guest_checks=45
+
+    # Keys from dom0's TPM (issue 11, circ-keyd): an application deployed
+    # under k1 bound to this host's TPM, rolled out (k1 sealed to PCRs 14,
+    # 15), its ciphertext handed to the guest through xenstore, rolled in
+    # (k1 unsealed and given to Xen with a token). The guest's registered
+    # process must decrypt it through Xen to what was deployed.
+    # The state (the TPM-wrapped bind key) in $LAB_OUT: the host half migrates
+    # the package from this TPM (its state, after the run) to a second one.
+    export CIRC_STATE_DIR="$LAB_OUT/circ-state" CIRC_MEASURE_LOG="$LAB_OUT/tsys-measurements.log"
+    mkdir -p "$CIRC_STATE_DIR"
+    head -c 5000 /dev/urandom >"$LAB_OUT/app.bin"
+    check "circ tsys host-key (a bind key in dom0's TPM)" \
+        circ tsys host-key --out "$LAB_OUT/host.pem"
+    check "circ tsys deploy (k1 bound to that key)" \
+        circ tsys deploy "$LAB_OUT/app.bin" --host-key "$LAB_OUT/host.pem" --name app --out "$LAB_OUT/pkg"
+    check "circ tsys rollout (k1 sealed to PCRs 14, 15)" \
+        circ tsys rollout "$LAB_OUT/pkg/app.toml" --out "$LAB_OUT/rolled"
+    check "the probe asks for the package" wait_for 300 guest_node_is state want-package
+    hex=$(od -An -v -tx1 "$LAB_OUT/rolled/app.cts1" | tr -d ' \n')
+    chunks=0
+    while [ -n "$hex" ]; do
+        xenstore-write "$(node pkg/$chunks)" "${hex:0:4000}"
+        hex=${hex:4000}
+        chunks=$((chunks + 1))
+    done
+    xenstore-write "$(node pkg/chunks)" "$chunks" "$(node pkg/len)" 5000 \
+        "$(node pkg/file-id)" "$(sed -n 's/^file_id = "\(.*\)"$/\1/p' "$LAB_OUT/rolled/app.toml")" \
+        "$(node pkg/sha256)" "$(sha256sum <"$LAB_OUT/app.bin" | cut -d' ' -f1)"
+    check "circ tsys rollin (k1 unsealed, loaded into Xen for one registration)" \
+        circ tsys rollin "$LAB_OUT/rolled/app.toml" --domain "$dom"
+    check "a changed measurement goes into PCR 14" \
+        circ measure file "$LAB_OUT/app.bin" --description "tsys: a measured file"
+    check "circ tsys rollin is then refused (exit 3), naming PCR 14" sh -c \
+        "circ tsys rollin '$LAB_OUT/rolled/app.toml' --domain $dom 2>'$LAB_OUT/rollin-refused.err'
+         [ \$? -eq 3 ] && grep -q 'PCR 14' '$LAB_OUT/rollin-refused.err'"
+    expected_guest_checks=47
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"
