@@ -8,7 +8,9 @@
 # and `circ-live-poweroff`. Fails when a step does not come in time.
 # Run it under the lab's lock (flock) when sharing the machine.
 #
-#   live/boot.sh ISO [--out DIR] [--timeout SECS]     (scripts/media boot)
+#   live/boot.sh ISO [--out DIR] [--timeout SECS] [--uefi]     (scripts/media boot)
+#
+# --uefi boots through OVMF's UEFI firmware (Debian's ovmf) instead of BIOS.
 #
 # DIR (default target/live-boot/<time>) receives serial.log and result.json.
 set -euo pipefail
@@ -23,6 +25,7 @@ die() {
 iso=
 out=
 limit=600
+firmware=(-boot d)
 while (($#)); do
     case $1 in
     --out)
@@ -34,6 +37,12 @@ while (($#)); do
         (($# >= 2)) || die "--timeout needs seconds"
         limit=$2
         shift 2
+        ;;
+    --uefi)
+        ovmf=/usr/share/ovmf/OVMF.fd
+        [[ -f $ovmf ]] || die "no $ovmf (apt-get install ovmf)"
+        firmware=(-bios "$ovmf")
+        shift
         ;;
     -*) die "unknown argument: $1" ;;
     *)
@@ -58,7 +67,7 @@ cat <&8 >>"$log" &
 reader=$!
 started=$(date +%s.%N)
 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -cpu qemu64,+svm,+npt -m 3072 \
-    -cdrom "$iso" -boot d -nic none -display none -monitor none -no-reboot \
+    -cdrom "$iso" "${firmware[@]}" -nic none -display none -monitor none -no-reboot \
     -serial "pipe:$out/serial" >"$out/qemu.log" 2>&1 &
 qemu=$!
 cleanup() {
@@ -113,10 +122,10 @@ done
 t_off=$(elapsed)
 say "$(printf '%6.1f' "$t_off") s  powered off"
 
-jq -n --arg iso "$iso" --argjson iso_bytes "$(stat -c %s "$iso")" \
+jq -n --arg iso "$iso" --arg firmware "${firmware[*]}" --argjson iso_bytes "$(stat -c %s "$iso")" \
     --argjson xen "$t_xen" --argjson medium "$t_medium" --argjson toolstack "$t_toolstack" \
     --argjson ready "$t_ready" --argjson off "$t_off" --arg xen_info "$xen_info" \
-    '{iso: $iso, iso_bytes: $iso_bytes, secs_to_xen_banner: $xen, secs_to_medium: $medium,
+    '{iso: $iso, firmware: $firmware, iso_bytes: $iso_bytes, secs_to_xen_banner: $xen, secs_to_medium: $medium,
       secs_to_toolstack: $toolstack, secs_to_root_shell: $ready, secs_to_poweroff: $off,
       circ_xen_info: $xen_info}' | tee "$out/result.json"
 say "PASS ($out)"

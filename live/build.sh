@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 live=$repo/live
+# shellcheck source=scripts/lib/dom0-root.sh
+. scripts/lib/dom0-root.sh
 
 say() { printf 'live: %s\n' "$*" >&2; }
 die() {
@@ -66,6 +68,7 @@ key=$(
         sha256sum "$xen" "$vmlinuz" "$busybox" "$deb" | awk '{print $1}'
         # boot.sh only measures an ISO; it is not an input.
         (cd "$live" && find . -type f ! -name boot.sh -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+        sha256sum scripts/lib/dom0-root.sh
     } | sha256sum | cut -c1-16
 )
 cache_root=${CIRC_LAB_CACHE:-/var/cache/circ-lab}
@@ -81,26 +84,14 @@ scratch=$(mktemp -d "$cache_root/.live-$key.XXXXXX")
 work=$scratch/work
 root=$work/root
 cleanup() {
-    local mnt
-    for mnt in "$root/proc" "$root" "$work/rw" "$work/lower"; do
-        if mountpoint -q "$mnt"; then
-            umount "$mnt" || say "cannot unmount $mnt"
-        fi
-    done
+    dom0_root_unmount "$work"
     if [[ -d $scratch ]]; then rm -rf "$scratch"; fi
 }
 trap cleanup EXIT
-mkdir -p "$work/lower" "$work/rw" "$root"
 
 # --- dom0's root: the lab's, read-only, with the package installed on top ----
-mount -o ro,loop,noload "$rootfs" "$work/lower" || die "cannot mount $rootfs read-only"
-mount -t tmpfs -o size=1g tmpfs "$work/rw"
-mkdir "$work/rw/upper" "$work/rw/work"
-mount -t overlay overlay \
-    -o "lowerdir=$work/lower,upperdir=$work/rw/upper,workdir=$work/rw/work" "$root" ||
-    die "cannot mount an overlay over $rootfs"
-mount -t proc proc "$root/proc"
-in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+dom0_root_mount "$rootfs" "$work" 1g
+in_root() { in_dom0_root "$work" "$@"; }
 
 cp "$deb" "$root/tmp/circular.deb"
 in_root dpkg -i /tmp/circular.deb >&2 || die "dpkg -i $(basename "$deb") failed in the root"
@@ -159,7 +150,7 @@ umount "$root/proc"
 # zstd: Debian's kernel reads it, and it decompresses fastest at boot.
 nice -n 10 mksquashfs "$root" "$iso/live/root.squashfs" -comp zstd -noappend -quiet \
     -e lost+found >&2 || die "mksquashfs failed"
-umount "$root" "$work/rw" "$work/lower"
+dom0_root_unmount "$work"
 gzip -9n -c "$xen" >"$iso/boot/xen.gz"
 install -m 0644 "$vmlinuz" "$iso/boot/vmlinuz"
 install -m 0644 "$live/grub.cfg" "$iso/boot/grub/grub.cfg"
