@@ -37,7 +37,8 @@ const GUEST_MODULES: &[&str] = &[
 ];
 
 /// Which hypervisor the lab boots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XenFlavor {
     /// Debian's hypervisor binary, as shipped.
     Stock,
@@ -54,8 +55,10 @@ impl fmt::Display for XenFlavor {
     }
 }
 
-/// Everything a run boots, all under the cache directory.
-#[derive(Debug, Clone)]
+/// Everything a run boots, all under the cache directory. Serialized by
+/// `circ-lab build --json` for scripts that reuse the lab's cache (the
+/// Debian package's install test, the live media).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Artifacts {
     pub flavor: XenFlavor,
     /// The hypervisor as a multiboot ELF (QEMU's `-kernel`).
@@ -422,6 +425,27 @@ mod tests {
         assert_eq!(found[1].0, "crc32c_generic");
         let err = find_modules(tree, &["virtio_blk"]).unwrap_err();
         assert!(err.to_string().contains("virtio_blk"), "{err}");
+    }
+
+    #[test]
+    fn json_names_every_path_and_the_flavor_in_lowercase() {
+        // `circ-lab build --json` is read by scripts (jq -r .rootfs).
+        let a = Artifacts {
+            flavor: XenFlavor::Patched,
+            xen: "/c/xen".into(),
+            vmlinuz: "/c/vmlinuz".into(),
+            kernel_version: "6.1.0-50-amd64".into(),
+            dom0_initramfs: "/c/initramfs.gz".into(),
+            rootfs: "/c/rootfs.img".into(),
+            guest_initrd: "/c/initrd.gz".into(),
+            busybox: "/c/busybox".into(),
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["flavor"], "patched");
+        assert_eq!(v["rootfs"], "/c/rootfs.img");
+        assert_eq!(v["dom0_initramfs"], "/c/initramfs.gz");
+        assert_eq!(v["kernel_version"], "6.1.0-50-amd64");
+        assert_eq!(v.as_object().unwrap().len(), 8);
     }
 
     #[test]

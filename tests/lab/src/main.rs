@@ -35,6 +35,10 @@ enum Command {
         /// Which hypervisors to build.
         #[arg(long, default_value = "both")]
         xen: XenChoice,
+        /// Print each hypervisor's artifact paths as one JSON line (nothing
+        /// else on stdout), for scripts that reuse the lab's cache.
+        #[arg(long)]
+        json: bool,
     },
     /// Boot Xen + dom0 under QEMU and run a scenario from tests/lab/scenarios.
     Run {
@@ -103,11 +107,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build { common, xen } => {
+        Command::Build { common, xen, json } => {
             let config = common.config()?;
             for &flavor in xen.flavors() {
                 let started = Instant::now();
                 let artifacts = circ_lab::build(&config, flavor)?;
+                if json {
+                    println!("{}", serde_json::to_string(&artifacts)?);
+                    continue;
+                }
                 print_artifacts(&artifacts);
                 println!(
                     "built lab for {flavor} Xen in {:.1} s",
