@@ -25,15 +25,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::chunk::{self, ChunkFrames, ChunkId, ChunkRef};
 use crate::index::Index;
-use crate::store::{ChunkStore, StoreError, VerifyingStore};
+use crate::store::{ChunkStore, PlainCopy, StoreError, VerifyingStore};
 
 /// Decoded chunks kept in memory.
 const RECENT_CHUNKS: usize = 8;
@@ -74,7 +72,7 @@ fn block_digest(block: &[u8]) -> BlockDigest {
 /// it computed); format 2, any cached chunk (the index's frame digests).
 #[derive(Debug)]
 struct Verified {
-    path: PathBuf,
+    copy: PlainCopy,
     digests: Digests,
 }
 
@@ -93,9 +91,9 @@ enum Digests {
 }
 
 impl Verified {
-    fn new(path: PathBuf, plain: &[u8]) -> Self {
+    fn new(copy: PlainCopy, plain: &[u8]) -> Self {
         Self {
-            path,
+            copy,
             digests: Digests::Learned {
                 blocks: plain.chunks(BLOCK).map(block_digest).collect(),
                 whole: block_digest(plain),
@@ -103,15 +101,16 @@ impl Verified {
         }
     }
 
-    fn framed(path: PathBuf, frames: Arc<ChunkFrames>, shift: u8) -> Self {
+    fn framed(copy: PlainCopy, frames: Arc<ChunkFrames>, shift: u8) -> Self {
         Self {
-            path,
+            copy,
             digests: Digests::Frames { frames, shift },
         }
     }
 
     /// Fills `dst` from `within` bytes into the chunk (`chunk_len` long),
     /// reading whole blocks (frames) from the plain copy and checking each.
+    /// `NotFound`: the copy lacks those frames (a chunk cached in part).
     fn read(&self, chunk_len: usize, within: usize, dst: &mut [u8]) -> io::Result<()> {
         let unit = match &self.digests {
             Digests::Learned { .. } => BLOCK,
@@ -121,7 +120,12 @@ impl Verified {
         let start = first * unit;
         let end = (within + dst.len()).div_ceil(unit) * unit;
         let end = end.min(chunk_len);
-        let file = std::fs::File::open(&self.path)?;
+        if !self.copy.covers(start..end) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not all of it is cached",
+            ));
+        }
         let check = |data: &[u8]| -> io::Result<()> {
             let good = match &self.digests {
                 Digests::Learned { whole, .. } if data.len() == chunk_len => {
@@ -146,11 +150,11 @@ impl Verified {
             }
         };
         if start == within && end == within + dst.len() {
-            file.read_exact_at(dst, start as u64)?;
+            self.copy.read_at(start, dst)?;
             return check(dst);
         }
         let mut blocks = vec![0u8; end - start];
-        file.read_exact_at(&mut blocks, start as u64)?;
+        self.copy.read_at(start, &mut blocks)?;
         check(&blocks)?;
         let from = within - start;
         dst.copy_from_slice(&blocks[from..from + dst.len()]);
@@ -711,10 +715,10 @@ impl<S: ChunkStore> Shared<S> {
     /// Keeps block digests of `chunk`, just verified as `plain`, if the
     /// store has a local plain copy of it.
     fn learn(&self, chunk: &ChunkRef, plain: &[u8]) {
-        if let Some(path) = self.store.plain_file(chunk) {
-            let verified = match self.framed_verified(chunk, path.clone()) {
+        if let Some(copy) = self.store.plain_copy(chunk).filter(PlainCopy::is_whole) {
+            let verified = match self.framed_verified(chunk, copy.clone()) {
                 Some(framed) => framed,
-                None => Verified::new(path, plain),
+                None => Verified::new(copy, plain),
             };
             lock(&self.verified).insert(chunk.id, Arc::new(verified));
         }
@@ -724,17 +728,18 @@ impl<S: ChunkStore> Shared<S> {
     /// Format 2: a cached chunk checks against the index's frame digests,
     /// with nothing to learn first (a restarted reader reads its cache at
     /// once, no SHA-1 pass).
-    fn framed_verified(&self, chunk: &ChunkRef, path: PathBuf) -> Option<Verified> {
+    fn framed_verified(&self, chunk: &ChunkRef, copy: PlainCopy) -> Option<Verified> {
         let frames = self.index.chunk_frames(&chunk.id)?;
         Some(Verified::framed(
-            path,
+            copy,
             Arc::clone(frames),
             chunk.frame_shift?,
         ))
     }
 
     /// The verified-tier entry of `chunk`: known, or (format 2) any plain
-    /// copy the cache has.
+    /// copy the cache has. A copy of part of a chunk is looked up each
+    /// time (its frames may have been cached since), a whole one kept.
     fn verified_entry(&self, chunk: &ChunkRef) -> Option<Arc<Verified>> {
         if let Some(known) = lock(&self.verified).get(&chunk.id).cloned() {
             return Some(known);
@@ -743,8 +748,12 @@ impl<S: ChunkStore> Shared<S> {
         if lock(&self.suspect).contains(&chunk.id) {
             return None;
         }
-        let framed = Arc::new(self.framed_verified(chunk, self.store.plain_file(chunk)?)?);
-        lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
+        let copy = self.store.plain_copy(chunk)?;
+        let whole = copy.is_whole();
+        let framed = Arc::new(self.framed_verified(chunk, copy)?);
+        if whole {
+            lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
+        }
         Some(framed)
     }
 
@@ -757,9 +766,10 @@ impl<S: ChunkStore> Shared<S> {
         };
         match verified.read(chunk.len as usize, within, dst) {
             Ok(()) => true,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => false,
             Err(error) => {
                 if error.kind() == io::ErrorKind::InvalidData {
-                    tracing::warn!(chunk = %chunk.id, path = %verified.path.display(), %error,
+                    tracing::warn!(chunk = %chunk.id, path = %verified.copy.path().display(), %error,
                         "cached chunk changed since it was verified, fetching it again");
                 } else {
                     tracing::debug!(chunk = %chunk.id, %error, "verified copy unreadable");
