@@ -86,8 +86,14 @@ enum Digests {
         /// by side).
         whole: BlockDigest,
     },
-    /// The signed index's, per frame of `2^shift` bytes (format 2).
-    Frames { frames: Arc<ChunkFrames>, shift: u8 },
+    /// The signed index's, per frame of `2^shift` bytes (format 2), and
+    /// per 4 KiB block of each frame this process checked for a read of
+    /// part of it.
+    Frames {
+        frames: Arc<ChunkFrames>,
+        shift: u8,
+        learned: Box<[std::sync::OnceLock<Box<[BlockDigest]>>]>,
+    },
 }
 
 impl Verified {
@@ -104,7 +110,13 @@ impl Verified {
     fn framed(copy: PlainCopy, frames: Arc<ChunkFrames>, shift: u8) -> Self {
         Self {
             copy,
-            digests: Digests::Frames { frames, shift },
+            digests: Digests::Frames {
+                learned: (0..frames.count())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+                frames,
+                shift,
+            },
         }
     }
 
@@ -112,9 +124,18 @@ impl Verified {
     /// reading whole blocks (frames) from the plain copy and checking each.
     /// `NotFound`: the copy lacks those frames (a chunk cached in part).
     fn read(&self, chunk_len: usize, within: usize, dst: &mut [u8]) -> io::Result<()> {
+        // Format 2, less than a frame, every frame touched checked before:
+        // 4 KiB blocks against the digests learned then.
+        let by_blocks = match &self.digests {
+            Digests::Learned { .. } => true,
+            Digests::Frames { shift, learned, .. } => {
+                let (first, last) = frame_span(within, dst.len(), *shift);
+                dst.len() < 1 << shift && (first..=last).all(|f| learned[f].get().is_some())
+            }
+        };
         let unit = match &self.digests {
-            Digests::Learned { .. } => BLOCK,
-            Digests::Frames { shift, .. } => 1 << shift,
+            Digests::Frames { shift, .. } if !by_blocks => 1 << shift,
+            _ => BLOCK,
         };
         let first = within / unit;
         let start = first * unit;
@@ -126,38 +147,61 @@ impl Verified {
                 "not all of it is cached",
             ));
         }
-        let check = |data: &[u8]| -> io::Result<()> {
-            let good = match &self.digests {
-                Digests::Learned { whole, .. } if data.len() == chunk_len => {
-                    block_digest(data) == *whole
-                }
-                Digests::Learned { blocks, .. } => data
-                    .chunks(BLOCK)
-                    .zip(&blocks[first..])
-                    .all(|(block, digest)| block_digest(block) == *digest),
-                Digests::Frames { frames, .. } => data
+        let exact = start == within && end == within + dst.len();
+        let mut spare = Vec::new();
+        let data: &mut [u8] = if exact {
+            dst
+        } else {
+            spare.resize(end - start, 0);
+            &mut spare
+        };
+        self.copy.read_at(start, data)?;
+        let good = match &self.digests {
+            Digests::Learned { whole, .. } if data.len() == chunk_len => {
+                block_digest(data) == *whole
+            }
+            Digests::Learned { blocks, .. } => data
+                .chunks(BLOCK)
+                .zip(&blocks[first..])
+                .all(|(block, digest)| block_digest(block) == *digest),
+            Digests::Frames { shift, learned, .. } if by_blocks => {
+                data.chunks(BLOCK).enumerate().all(|(k, block)| {
+                    let at = (first + k) * BLOCK;
+                    let frame = at >> shift;
+                    let nth = (at - (frame << shift)) / BLOCK;
+                    learned[frame].get().and_then(|digests| digests.get(nth))
+                        == Some(&block_digest(block))
+                })
+            }
+            Digests::Frames {
+                frames, learned, ..
+            } => {
+                let good = data
                     .chunks(unit)
                     .zip(&frames.digests[first..])
-                    .all(|(frame, digest)| chunk::frame_digest(frame) == *digest),
-            };
-            if good {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "cached copy differs from the verified chunk",
-                ))
+                    .all(|(frame, digest)| chunk::frame_digest(frame) == *digest);
+                // A read of part of a frame: the next one of this frame
+                // need only hash its own blocks.
+                if good && !exact {
+                    for (k, frame) in data.chunks(unit).enumerate() {
+                        learned[first + k]
+                            .get_or_init(|| frame.chunks(BLOCK).map(block_digest).collect());
+                    }
+                }
+                good
             }
         };
-        if start == within && end == within + dst.len() {
-            self.copy.read_at(start, dst)?;
-            return check(dst);
+        if !good {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cached copy differs from the verified chunk",
+            ));
         }
-        let mut blocks = vec![0u8; end - start];
-        self.copy.read_at(start, &mut blocks)?;
-        check(&blocks)?;
-        let from = within - start;
-        dst.copy_from_slice(&blocks[from..from + dst.len()]);
+        if !exact {
+            let from = within - start;
+            let len = dst.len();
+            dst.copy_from_slice(&spare[from..from + len]);
+        }
         Ok(())
     }
 }

@@ -1064,3 +1064,43 @@ fn a_file_per_chunk_cache_is_moved_into_the_pack() {
     }
     assert!(bad > 0, "the damaged copy was not served");
 }
+
+#[test]
+fn v2_blocks_of_a_checked_frame_are_checked_alone_and_still_caught() {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    assert_eq!(read_all(&opts).unwrap(), data);
+    let opened = client::open(&opts).unwrap();
+    let reader = &opened.reader;
+    let index = fx.index();
+    let id = index.unique_chunks()[0].id;
+    let pos = (0..index.chunk_count())
+        .find(|&i| index.chunks[i] == Some(id))
+        .unwrap();
+    // 8 KiB frames: frame 4 of the chunk holds blocks `damaged` (its first,
+    // where damage_cached_chunk flips a byte) and `other`.
+    let damaged = pos * 65_536 + 32_768;
+    let other = damaged + 4096;
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096], "offset {offset}");
+    };
+    read(other); // the frame is checked whole, its blocks' digests kept
+    read(other); // the block alone
+    assert_eq!(reader.stats().verified, 2, "{:?}", reader.stats());
+    fx.damage_cached_chunk(0);
+    read(other);
+    assert_eq!(reader.stats().fetched, 0, "an undamaged block reads on");
+    read(damaged);
+    assert_eq!(
+        reader.stats().fetched,
+        1,
+        "the damaged block is caught: {:?}",
+        reader.stats()
+    );
+    server.stop();
+}

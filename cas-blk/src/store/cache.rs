@@ -256,7 +256,7 @@ impl Pack {
         self.table.set_len(0)?;
         self.table.set_len(HEADER + sets * ways * ENTRY as u64)?;
         self.data.set_len(0)?;
-        self.data.set_len(sets * ways << self.slot_shift)?;
+        self.data.set_len((sets * ways) << self.slot_shift)?;
         let mut header = [0u8; 32];
         header[..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -280,7 +280,7 @@ impl Pack {
     }
 
     fn capacity(&self) -> u64 {
-        self.sets * self.ways << self.slot_shift
+        (self.sets * self.ways) << self.slot_shift
     }
 
     fn slot_offset(&self, slot: u64) -> u64 {
