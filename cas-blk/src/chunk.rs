@@ -532,7 +532,7 @@ pub fn decode_frames_verified(
             "got stored bytes {at}..{end}, frames need {range:?}"
         )));
     }
-    let mut plain = Vec::with_capacity(frames.len() << chunk.frame_shift.unwrap_or(0));
+    let mut plain = Vec::new();
     for f in frames {
         let r = layout.stored_range(f..f + 1);
         let piece = &stored[(r.start - at) as usize..(r.end - at) as usize];
@@ -548,10 +548,15 @@ pub fn decode_frames_verified(
             frame_shift: None,
             ..*chunk
         };
-        let start = plain.len();
-        plain.extend_from_slice(&decompress(&frame_ref, piece)?);
-        if frame_digest(&plain[start..]) != layout.digests[f] {
+        let frame = decompress(&frame_ref, piece)?;
+        if frame_digest(&frame) != layout.digests[f] {
             return Err(ChunkError::FrameMismatch { frame: f });
+        }
+        // One frame (a small read's): its buffer is the result, no copy.
+        if plain.is_empty() {
+            plain = frame;
+        } else {
+            plain.extend_from_slice(&frame);
         }
     }
     Ok(plain)

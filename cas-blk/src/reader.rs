@@ -1052,9 +1052,15 @@ impl<S: ChunkStore> Shared<S> {
             run.clear();
             let mut memory = lock(&self.recent_frames);
             let mut at = 0;
+            let mut plain = plain;
             for f in first..=last {
                 let len = chunk.frame_len(f);
-                let data = Arc::new(plain[at..at + len].to_vec());
+                let data = if first == last {
+                    // One frame (a small read's): kept as it came, no copy.
+                    Arc::new(std::mem::take(&mut plain))
+                } else {
+                    Arc::new(plain[at..at + len].to_vec())
+                };
                 at += len;
                 if memory.len() >= RECENT_FRAMES {
                     memory.pop_front();
