@@ -504,9 +504,7 @@ fn a_cache_file_changed_after_verification_is_caught() {
     let opts = fx.options(&format!("{url}indexes/img.cidx"));
     let index = fx.index();
     let target = index.unique_chunks()[0].id;
-    let pos = (0..index.chunk_count())
-        .find(|&i| index.chunks[i] == Some(target))
-        .unwrap();
+    let pos = first_position(&index, target);
     let block = pos * 65_536 + 32_768; // flip_byte flips the middle
     let read = |reader: &ImageReader<_>, offset: usize| {
         let mut buf = vec![0u8; 4096];
@@ -756,20 +754,13 @@ fn v2_falls_back_to_whole_chunks_without_range_support() {
 
 #[test]
 fn v2_a_damaged_cached_copy_is_replaced_not_worked_around() {
-    let fx = Fixture::v2();
-    let data = image(8 * 65_536);
-    fx.pack(&data, "64K", Compression::Zstd);
-    let (server, url) = fx.serve(&fx.path("store"));
-    let opts = fx.options(&format!("{url}indexes/img.cidx"));
     // Every chunk in the cache, then a new reader on it.
-    assert_eq!(read_all(&opts).unwrap(), data);
+    let (fx, data, server, opts) = cached_v2_image();
     let opened = client::open(&opts).unwrap();
     let reader = &opened.reader;
     let index = fx.index();
     let id = index.unique_chunks()[0].id;
-    let pos = (0..index.chunk_count())
-        .find(|&i| index.chunks[i] == Some(id))
-        .unwrap();
+    let pos = first_position(&index, id);
     // flip_byte flips the middle of the file: the first byte of frame 4.
     fx.damage_cached_chunk(0);
     let read = |offset: usize| {
@@ -977,9 +968,7 @@ fn v2_frames_fetched_alone_are_cached_for_the_next_reader() {
         .iter()
         .zip([8192, 40_960, 0])
         .map(|(chunk, within)| {
-            let pos = (0..index.chunk_count())
-                .find(|&i| index.chunks[i] == Some(chunk.id))
-                .unwrap();
+            let pos = first_position(&index, chunk.id);
             pos * 65_536 + within
         })
         .collect();
@@ -1067,19 +1056,11 @@ fn a_file_per_chunk_cache_is_moved_into_the_pack() {
 
 #[test]
 fn v2_blocks_of_a_checked_frame_are_checked_alone_and_still_caught() {
-    let fx = Fixture::v2();
-    let data = image(8 * 65_536);
-    fx.pack(&data, "64K", Compression::Zstd);
-    let (server, url) = fx.serve(&fx.path("store"));
-    let opts = fx.options(&format!("{url}indexes/img.cidx"));
-    assert_eq!(read_all(&opts).unwrap(), data);
+    let (fx, data, server, opts) = cached_v2_image();
     let opened = client::open(&opts).unwrap();
     let reader = &opened.reader;
     let index = fx.index();
-    let id = index.unique_chunks()[0].id;
-    let pos = (0..index.chunk_count())
-        .find(|&i| index.chunks[i] == Some(id))
-        .unwrap();
+    let pos = first_position(&index, index.unique_chunks()[0].id);
     // 8 KiB frames: frame 4 of the chunk holds blocks `damaged` (its first,
     // where damage_cached_chunk flips a byte) and `other`.
     let damaged = pos * 65_536 + 32_768;
@@ -1103,4 +1084,23 @@ fn v2_blocks_of_a_checked_frame_are_checked_alone_and_still_caught() {
         reader.stats()
     );
     server.stop();
+}
+
+/// The first position of chunk `id` in the image.
+fn first_position(index: &Index, id: ChunkId) -> usize {
+    (0..index.chunk_count())
+        .find(|&i| index.chunks[i] == Some(id))
+        .unwrap()
+}
+
+/// A format-2 image of eight 64 KiB chunks (8 KiB frames), served, every
+/// chunk in the fixture's cache.
+fn cached_v2_image() -> (Fixture, Vec<u8>, ServerHandle, OpenOptions) {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    assert_eq!(read_all(&opts).unwrap(), data);
+    (fx, data, server, opts)
 }
