@@ -306,12 +306,14 @@ pub fn open(opts: &OpenOptions) -> Result<OpenedImage, OpenError> {
         (None, _) => Box::new(DirStore::open(&root)),
     };
     let source: Box<dyn ChunkStore> = match &opts.cache_dir {
-        Some(dir) => Box::new(CacheStore::open(dir, opts.cache_max_bytes, source).map_err(
-            |source| OpenError::Cache {
-                path: dir.clone(),
-                source,
-            },
-        )?),
+        Some(dir) => Box::new(
+            CacheStore::open(dir, opts.cache_max_bytes, index.chunk_size.shift(), source).map_err(
+                |source| OpenError::Cache {
+                    path: dir.clone(),
+                    source,
+                },
+            )?,
+        ),
         None => source,
     };
     tracing::info!(

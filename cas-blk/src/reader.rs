@@ -25,15 +25,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::chunk::{self, ChunkFrames, ChunkId, ChunkRef};
 use crate::index::Index;
-use crate::store::{ChunkStore, StoreError, VerifyingStore};
+use crate::store::{ChunkStore, PlainCopy, StoreError, VerifyingStore};
 
 /// Decoded chunks kept in memory.
 const RECENT_CHUNKS: usize = 8;
@@ -74,7 +72,7 @@ fn block_digest(block: &[u8]) -> BlockDigest {
 /// it computed); format 2, any cached chunk (the index's frame digests).
 #[derive(Debug)]
 struct Verified {
-    path: PathBuf,
+    copy: PlainCopy,
     digests: Digests,
 }
 
@@ -88,14 +86,20 @@ enum Digests {
         /// by side).
         whole: BlockDigest,
     },
-    /// The signed index's, per frame of `2^shift` bytes (format 2).
-    Frames { frames: Arc<ChunkFrames>, shift: u8 },
+    /// The signed index's, per frame of `2^shift` bytes (format 2), and
+    /// per 4 KiB block of each frame this process checked for a read of
+    /// part of it.
+    Frames {
+        frames: Arc<ChunkFrames>,
+        shift: u8,
+        learned: Box<[std::sync::OnceLock<Box<[BlockDigest]>>]>,
+    },
 }
 
 impl Verified {
-    fn new(path: PathBuf, plain: &[u8]) -> Self {
+    fn new(copy: PlainCopy, plain: &[u8]) -> Self {
         Self {
-            path,
+            copy,
             digests: Digests::Learned {
                 blocks: plain.chunks(BLOCK).map(block_digest).collect(),
                 whole: block_digest(plain),
@@ -103,57 +107,101 @@ impl Verified {
         }
     }
 
-    fn framed(path: PathBuf, frames: Arc<ChunkFrames>, shift: u8) -> Self {
+    fn framed(copy: PlainCopy, frames: Arc<ChunkFrames>, shift: u8) -> Self {
         Self {
-            path,
-            digests: Digests::Frames { frames, shift },
+            copy,
+            digests: Digests::Frames {
+                learned: (0..frames.count())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+                frames,
+                shift,
+            },
         }
     }
 
     /// Fills `dst` from `within` bytes into the chunk (`chunk_len` long),
     /// reading whole blocks (frames) from the plain copy and checking each.
+    /// `NotFound`: the copy lacks those frames (a chunk cached in part).
     fn read(&self, chunk_len: usize, within: usize, dst: &mut [u8]) -> io::Result<()> {
+        // Format 2, less than a frame, every frame touched checked before:
+        // 4 KiB blocks against the digests learned then.
+        let by_blocks = match &self.digests {
+            Digests::Learned { .. } => true,
+            Digests::Frames { shift, learned, .. } => {
+                let (first, last) = frame_span(within, dst.len(), *shift);
+                dst.len() < 1 << shift && (first..=last).all(|f| learned[f].get().is_some())
+            }
+        };
         let unit = match &self.digests {
-            Digests::Learned { .. } => BLOCK,
-            Digests::Frames { shift, .. } => 1 << shift,
+            Digests::Frames { shift, .. } if !by_blocks => 1 << shift,
+            _ => BLOCK,
         };
         let first = within / unit;
         let start = first * unit;
         let end = (within + dst.len()).div_ceil(unit) * unit;
         let end = end.min(chunk_len);
-        let file = std::fs::File::open(&self.path)?;
-        let check = |data: &[u8]| -> io::Result<()> {
-            let good = match &self.digests {
-                Digests::Learned { whole, .. } if data.len() == chunk_len => {
-                    block_digest(data) == *whole
-                }
-                Digests::Learned { blocks, .. } => data
-                    .chunks(BLOCK)
-                    .zip(&blocks[first..])
-                    .all(|(block, digest)| block_digest(block) == *digest),
-                Digests::Frames { frames, .. } => data
+        if !self.copy.covers(start..end) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not all of it is cached",
+            ));
+        }
+        let exact = start == within && end == within + dst.len();
+        let mut spare = Vec::new();
+        let data: &mut [u8] = if exact {
+            dst
+        } else {
+            spare.resize(end - start, 0);
+            &mut spare
+        };
+        self.copy.read_at(start, data)?;
+        let good = match &self.digests {
+            Digests::Learned { whole, .. } if data.len() == chunk_len => {
+                block_digest(data) == *whole
+            }
+            Digests::Learned { blocks, .. } => data
+                .chunks(BLOCK)
+                .zip(&blocks[first..])
+                .all(|(block, digest)| block_digest(block) == *digest),
+            Digests::Frames { shift, learned, .. } if by_blocks => {
+                data.chunks(BLOCK).enumerate().all(|(k, block)| {
+                    let at = (first + k) * BLOCK;
+                    let frame = at >> shift;
+                    let nth = (at - (frame << shift)) / BLOCK;
+                    learned[frame].get().and_then(|digests| digests.get(nth))
+                        == Some(&block_digest(block))
+                })
+            }
+            Digests::Frames {
+                frames, learned, ..
+            } => {
+                let good = data
                     .chunks(unit)
                     .zip(&frames.digests[first..])
-                    .all(|(frame, digest)| chunk::frame_digest(frame) == *digest),
-            };
-            if good {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "cached copy differs from the verified chunk",
-                ))
+                    .all(|(frame, digest)| chunk::frame_digest(frame) == *digest);
+                // A read of part of a frame: the next one of this frame
+                // need only hash its own blocks.
+                if good && !exact {
+                    for (k, frame) in data.chunks(unit).enumerate() {
+                        learned[first + k]
+                            .get_or_init(|| frame.chunks(BLOCK).map(block_digest).collect());
+                    }
+                }
+                good
             }
         };
-        if start == within && end == within + dst.len() {
-            file.read_exact_at(dst, start as u64)?;
-            return check(dst);
+        if !good {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cached copy differs from the verified chunk",
+            ));
         }
-        let mut blocks = vec![0u8; end - start];
-        file.read_exact_at(&mut blocks, start as u64)?;
-        check(&blocks)?;
-        let from = within - start;
-        dst.copy_from_slice(&blocks[from..from + dst.len()]);
+        if !exact {
+            let from = within - start;
+            let len = dst.len();
+            dst.copy_from_slice(&spare[from..from + len]);
+        }
         Ok(())
     }
 }
@@ -711,10 +759,10 @@ impl<S: ChunkStore> Shared<S> {
     /// Keeps block digests of `chunk`, just verified as `plain`, if the
     /// store has a local plain copy of it.
     fn learn(&self, chunk: &ChunkRef, plain: &[u8]) {
-        if let Some(path) = self.store.plain_file(chunk) {
-            let verified = match self.framed_verified(chunk, path.clone()) {
+        if let Some(copy) = self.store.plain_copy(chunk).filter(PlainCopy::is_whole) {
+            let verified = match self.framed_verified(chunk, copy.clone()) {
                 Some(framed) => framed,
-                None => Verified::new(path, plain),
+                None => Verified::new(copy, plain),
             };
             lock(&self.verified).insert(chunk.id, Arc::new(verified));
         }
@@ -724,17 +772,18 @@ impl<S: ChunkStore> Shared<S> {
     /// Format 2: a cached chunk checks against the index's frame digests,
     /// with nothing to learn first (a restarted reader reads its cache at
     /// once, no SHA-1 pass).
-    fn framed_verified(&self, chunk: &ChunkRef, path: PathBuf) -> Option<Verified> {
+    fn framed_verified(&self, chunk: &ChunkRef, copy: PlainCopy) -> Option<Verified> {
         let frames = self.index.chunk_frames(&chunk.id)?;
         Some(Verified::framed(
-            path,
+            copy,
             Arc::clone(frames),
             chunk.frame_shift?,
         ))
     }
 
     /// The verified-tier entry of `chunk`: known, or (format 2) any plain
-    /// copy the cache has.
+    /// copy the cache has. A copy of part of a chunk is looked up each
+    /// time (its frames may have been cached since), a whole one kept.
     fn verified_entry(&self, chunk: &ChunkRef) -> Option<Arc<Verified>> {
         if let Some(known) = lock(&self.verified).get(&chunk.id).cloned() {
             return Some(known);
@@ -743,8 +792,12 @@ impl<S: ChunkStore> Shared<S> {
         if lock(&self.suspect).contains(&chunk.id) {
             return None;
         }
-        let framed = Arc::new(self.framed_verified(chunk, self.store.plain_file(chunk)?)?);
-        lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
+        let copy = self.store.plain_copy(chunk)?;
+        let whole = copy.is_whole();
+        let framed = Arc::new(self.framed_verified(chunk, copy)?);
+        if whole {
+            lock(&self.verified).insert(chunk.id, Arc::clone(&framed));
+        }
         Some(framed)
     }
 
@@ -757,9 +810,10 @@ impl<S: ChunkStore> Shared<S> {
         };
         match verified.read(chunk.len as usize, within, dst) {
             Ok(()) => true,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => false,
             Err(error) => {
                 if error.kind() == io::ErrorKind::InvalidData {
-                    tracing::warn!(chunk = %chunk.id, path = %verified.path.display(), %error,
+                    tracing::warn!(chunk = %chunk.id, path = %verified.copy.path().display(), %error,
                         "cached chunk changed since it was verified, fetching it again");
                 } else {
                     tracing::debug!(chunk = %chunk.id, %error, "verified copy unreadable");
@@ -998,9 +1052,15 @@ impl<S: ChunkStore> Shared<S> {
             run.clear();
             let mut memory = lock(&self.recent_frames);
             let mut at = 0;
+            let mut plain = plain;
             for f in first..=last {
                 let len = chunk.frame_len(f);
-                let data = Arc::new(plain[at..at + len].to_vec());
+                let data = if first == last {
+                    // One frame (a small read's): kept as it came, no copy.
+                    Arc::new(std::mem::take(&mut plain))
+                } else {
+                    Arc::new(plain[at..at + len].to_vec())
+                };
                 at += len;
                 if memory.len() >= RECENT_FRAMES {
                     memory.pop_front();

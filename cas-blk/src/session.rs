@@ -231,7 +231,11 @@ fn record_boot(disk: &SessionDisk, window: Duration, path: &Path, stop: &Stop) {
             break at;
         }
         if stop.sleep(FIRST_READ_POLL) {
-            return;
+            // Reads that came while this slept still make a list.
+            match reader.first_read() {
+                Some(at) => break at,
+                None => return,
+            }
         }
     };
     let end = first + window;

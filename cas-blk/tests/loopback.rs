@@ -2,6 +2,7 @@
 //! the crate's own HTTP server on 127.0.0.1, read it back through
 //! `VerifyingStore<CacheStore<HttpStore>>`, and break things on the way.
 
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 
 use circ_cas::chunk::ChunkId;
@@ -90,10 +91,24 @@ impl Fixture {
         DirStore::open(root).object_file(&self.index().unique_chunks()[n])
     }
 
-    /// The cache holds plain copies, whatever the image's compression.
-    fn cached_chunk_file(&self, n: usize) -> PathBuf {
-        let id = self.index().unique_chunks()[n].id;
-        DirStore::open(self.path("cache")).chunk_file(&id, Compression::None)
+    /// Flips a byte in the middle of the cache's plain copy (whatever the
+    /// image's compression) of the image's `n`th distinct chunk.
+    fn damage_cached_chunk(&self, n: usize) {
+        let index = self.index();
+        let chunk = index.unique_chunks()[n];
+        let (data, slot) =
+            circ_cas::store::cached_copy(&self.path("cache"), index.chunk_size.shift(), &chunk.id)
+                .unwrap()
+                .expect("the chunk is cached");
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(data)
+            .unwrap();
+        let at = slot + u64::from(chunk.len) / 2;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x55], at).unwrap();
     }
 }
 
@@ -473,8 +488,7 @@ fn a_tampered_cache_entry_is_refetched() {
     let (server, url) = fx.serve(&fx.path("store"));
     let opts = fx.options(&format!("{url}indexes/img.cidx"));
     assert_eq!(read_all(&opts).unwrap(), data);
-    let cached = fx.cached_chunk_file(0);
-    flip_byte(&cached);
+    fx.damage_cached_chunk(0);
     assert_eq!(read_all(&opts).unwrap(), data);
     server.stop();
     // The bad copy was replaced by a good one: offline reads still work.
@@ -490,9 +504,7 @@ fn a_cache_file_changed_after_verification_is_caught() {
     let opts = fx.options(&format!("{url}indexes/img.cidx"));
     let index = fx.index();
     let target = index.unique_chunks()[0].id;
-    let pos = (0..index.chunk_count())
-        .find(|&i| index.chunks[i] == Some(target))
-        .unwrap();
+    let pos = first_position(&index, target);
     let block = pos * 65_536 + 32_768; // flip_byte flips the middle
     let read = |reader: &ImageReader<_>, offset: usize| {
         let mut buf = vec![0u8; 4096];
@@ -513,7 +525,7 @@ fn a_cache_file_changed_after_verification_is_caught() {
 
     // Tampered after verification: the block's digest catches it, the
     // chunk is fetched again and the read is right.
-    flip_byte(&fx.cached_chunk_file(0));
+    fx.damage_cached_chunk(0);
     assert_eq!(read(reader, block).unwrap(), expect(block));
     assert_eq!(reader.stats().fetched, before.fetched + 1);
 
@@ -527,7 +539,7 @@ fn a_cache_file_changed_after_verification_is_caught() {
         assert_eq!(read(reader, i * 65_536).unwrap(), expect(i * 65_536));
     }
     server.stop();
-    flip_byte(&fx.cached_chunk_file(0));
+    fx.damage_cached_chunk(0);
     match read(reader, block) {
         Ok(got) => panic!("read returned {} bytes of a tampered chunk", got.len()),
         Err(error) => assert!(
@@ -742,22 +754,15 @@ fn v2_falls_back_to_whole_chunks_without_range_support() {
 
 #[test]
 fn v2_a_damaged_cached_copy_is_replaced_not_worked_around() {
-    let fx = Fixture::v2();
-    let data = image(8 * 65_536);
-    fx.pack(&data, "64K", Compression::Zstd);
-    let (server, url) = fx.serve(&fx.path("store"));
-    let opts = fx.options(&format!("{url}indexes/img.cidx"));
     // Every chunk in the cache, then a new reader on it.
-    assert_eq!(read_all(&opts).unwrap(), data);
+    let (fx, data, server, opts) = cached_v2_image();
     let opened = client::open(&opts).unwrap();
     let reader = &opened.reader;
     let index = fx.index();
     let id = index.unique_chunks()[0].id;
-    let pos = (0..index.chunk_count())
-        .find(|&i| index.chunks[i] == Some(id))
-        .unwrap();
+    let pos = first_position(&index, id);
     // flip_byte flips the middle of the file: the first byte of frame 4.
-    flip_byte(&fx.cached_chunk_file(0));
+    fx.damage_cached_chunk(0);
     let read = |offset: usize| {
         let mut buf = vec![0u8; 4096];
         reader.read_at(offset as u64, &mut buf).unwrap();
@@ -792,11 +797,27 @@ fn cache_stays_within_its_budget() {
     let mut opts = fx.options(&format!("{url}indexes/img.cidx"));
     opts.cache_max_bytes = 3 * 65_536;
     assert_eq!(read_all(&opts).unwrap(), data);
-    let used: u64 = walk(&fx.path("cache").join("chunks"))
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
-    assert!(used <= 3 * 65_536 && used > 0, "{used}");
+    // The pack never grows past its slots, however many chunks pass.
+    let pack = std::fs::metadata(fx.path("cache/pack-16.data")).unwrap();
+    assert_eq!(pack.len(), 3 * 65_536);
+    assert!(
+        pack.blocks() * 512 <= 3 * 65_536 && pack.blocks() > 0,
+        "{}",
+        pack.blocks()
+    );
+    let table = std::fs::read(fx.path("cache/pack-16.table")).unwrap();
+    assert_eq!(table.len(), 4096 + 3 * 64);
+    // A second reader (another process, as far as the pack is concerned)
+    // with a larger budget keeps the size the pack was made with, and
+    // reads through it.
+    opts.cache_max_bytes = 64 * 65_536;
+    assert_eq!(read_all(&opts).unwrap(), data);
+    assert_eq!(
+        std::fs::metadata(fx.path("cache/pack-16.data"))
+            .unwrap()
+            .len(),
+        3 * 65_536
+    );
     server.stop();
 }
 
@@ -880,4 +901,206 @@ fn error_text(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The used entries of a cache table: (offset of the entry, chunk id bytes).
+fn table_entries(table: &[u8]) -> Vec<(usize, [u8; 20])> {
+    (4096..table.len())
+        .step_by(64)
+        .filter(|&at| table[at] == 1)
+        .map(|at| (at, table[at + 8..at + 28].try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_cache_table_pointing_chunks_at_each_others_copies_never_gives_wrong_data() {
+    for fx in [Fixture::new(), Fixture::v2()] {
+        let data = image(8 * 65_536);
+        fx.pack(&data, "64K", Compression::Zstd);
+        let (server, url) = fx.serve(&fx.path("store"));
+        let opts = fx.options(&format!("{url}indexes/img.cidx"));
+        assert_eq!(read_all(&opts).unwrap(), data);
+        // Every entry now names the next one's chunk: each slot holds
+        // another chunk's bytes under the name a read looks for.
+        let table_path = fx.path("cache/pack-16.table");
+        let mut table = std::fs::read(&table_path).unwrap();
+        let entries = table_entries(&table);
+        assert!(entries.len() > 2, "{}", entries.len());
+        for (k, (at, _)) in entries.iter().enumerate() {
+            let next = entries[(k + 1) % entries.len()].1;
+            table[at + 8..at + 28].copy_from_slice(&next);
+        }
+        std::fs::write(&table_path, &table).unwrap();
+        // Online: every bad copy is caught and fetched again.
+        let opened = client::open(&opts).unwrap();
+        for offset in (0..data.len()).step_by(4096) {
+            let mut buf = vec![0u8; 4096];
+            opened.reader.read_at(offset as u64, &mut buf).unwrap();
+            assert!(buf == data[offset..offset + 4096], "offset {offset}");
+        }
+        drop(opened);
+        std::fs::write(&table_path, &table).unwrap();
+        server.stop();
+        // Offline: each read is right or an error, never other bytes.
+        let opened = client::open(&opts).unwrap();
+        let mut failed = 0;
+        for offset in (0..data.len()).step_by(4096) {
+            let mut buf = vec![0u8; 4096];
+            match opened.reader.read_at(offset as u64, &mut buf) {
+                Ok(()) => assert!(buf == data[offset..offset + 4096], "offset {offset}"),
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(failed > 0, "the scrambled copies cannot all have been read");
+    }
+}
+
+#[test]
+fn v2_frames_fetched_alone_are_cached_for_the_next_reader() {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    // A block of each of three distinct chunks.
+    let index = fx.index();
+    let offsets: Vec<usize> = index.unique_chunks()[..3]
+        .iter()
+        .zip([8192, 40_960, 0])
+        .map(|(chunk, within)| {
+            let pos = first_position(&index, chunk.id);
+            pos * 65_536 + within
+        })
+        .collect();
+    let opened = client::open(&opts).unwrap();
+    for &offset in &offsets {
+        let mut buf = vec![0u8; 4096];
+        opened.reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096]);
+    }
+    assert_eq!(
+        opened.reader.stats().partial,
+        3,
+        "{:?}",
+        opened.reader.stats()
+    );
+    drop(opened);
+    server.stop();
+    // A new reader, offline: the same blocks from the cache's frames; a
+    // frame that was never fetched is an error, not zeros from the slot.
+    let opened = client::open(&opts).unwrap();
+    for &offset in &offsets {
+        let mut buf = vec![0u8; 4096];
+        opened.reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096], "offset {offset}");
+    }
+    assert_eq!(
+        opened.reader.stats().verified,
+        3,
+        "{:?}",
+        opened.reader.stats()
+    );
+    let mut buf = vec![0u8; 4096];
+    assert!(opened
+        .reader
+        .read_at((offsets[0] + 32_768) as u64, &mut buf)
+        .is_err());
+}
+
+#[test]
+fn a_file_per_chunk_cache_is_moved_into_the_pack() {
+    let fx = Fixture::new();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    // An online open leaves the index's copy in the cache; then the cache
+    // is replaced by one of the older layout: a plain file per chunk, the
+    // first of them damaged.
+    assert_eq!(read_all(&opts).unwrap(), data);
+    server.stop();
+    for pack in ["pack-16.table", "pack-16.data"] {
+        std::fs::remove_file(fx.path("cache").join(pack)).unwrap();
+    }
+    let index = fx.index();
+    let mut first = None;
+    for i in 0..index.chunk_count() {
+        let Some(id) = index.chunks[i] else { continue };
+        let mut plain = data[i * 65_536..(i + 1) * 65_536].to_vec();
+        if first.is_none() {
+            first = Some(id);
+            plain[100] ^= 1;
+        }
+        let path = DirStore::open(fx.path("cache")).chunk_file(&id, Compression::None);
+        if path.exists() {
+            continue; // a repeated chunk
+        }
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, plain).unwrap();
+    }
+    let opened = client::open(&opts).unwrap();
+    assert!(!fx.path("cache/chunks").exists(), "old files removed");
+    let mut bad = 0;
+    for i in 0..index.chunk_count() {
+        let mut buf = vec![0u8; 65_536];
+        match opened.reader.read_at((i * 65_536) as u64, &mut buf) {
+            Ok(()) => assert!(buf == data[i * 65_536..(i + 1) * 65_536], "chunk {i}"),
+            Err(error) => {
+                assert_eq!(index.chunks[i], first, "{}", error_text(&error));
+                bad += 1;
+            }
+        }
+    }
+    assert!(bad > 0, "the damaged copy was not served");
+}
+
+#[test]
+fn v2_blocks_of_a_checked_frame_are_checked_alone_and_still_caught() {
+    let (fx, data, server, opts) = cached_v2_image();
+    let opened = client::open(&opts).unwrap();
+    let reader = &opened.reader;
+    let index = fx.index();
+    let pos = first_position(&index, index.unique_chunks()[0].id);
+    // 8 KiB frames: frame 4 of the chunk holds blocks `damaged` (its first,
+    // where damage_cached_chunk flips a byte) and `other`.
+    let damaged = pos * 65_536 + 32_768;
+    let other = damaged + 4096;
+    let read = |offset: usize| {
+        let mut buf = vec![0u8; 4096];
+        reader.read_at(offset as u64, &mut buf).unwrap();
+        assert!(buf == data[offset..offset + 4096], "offset {offset}");
+    };
+    read(other); // the frame is checked whole, its blocks' digests kept
+    read(other); // the block alone
+    assert_eq!(reader.stats().verified, 2, "{:?}", reader.stats());
+    fx.damage_cached_chunk(0);
+    read(other);
+    assert_eq!(reader.stats().fetched, 0, "an undamaged block reads on");
+    read(damaged);
+    assert_eq!(
+        reader.stats().fetched,
+        1,
+        "the damaged block is caught: {:?}",
+        reader.stats()
+    );
+    server.stop();
+}
+
+/// The first position of chunk `id` in the image.
+fn first_position(index: &Index, id: ChunkId) -> usize {
+    (0..index.chunk_count())
+        .find(|&i| index.chunks[i] == Some(id))
+        .unwrap()
+}
+
+/// A format-2 image of eight 64 KiB chunks (8 KiB frames), served, every
+/// chunk in the fixture's cache.
+fn cached_v2_image() -> (Fixture, Vec<u8>, ServerHandle, OpenOptions) {
+    let fx = Fixture::v2();
+    let data = image(8 * 65_536);
+    fx.pack(&data, "64K", Compression::Zstd);
+    let (server, url) = fx.serve(&fx.path("store"));
+    let opts = fx.options(&format!("{url}indexes/img.cidx"));
+    assert_eq!(read_all(&opts).unwrap(), data);
+    (fx, data, server, opts)
 }

@@ -165,7 +165,8 @@ pub struct SourceArgs {
     /// an index for another image is refused.
     #[arg(long)]
     image: Option<String>,
-    /// Cache size limit in MiB [default: 4096].
+    /// Cache size limit in MiB, fixed when the cache is created (an existing
+    /// cache keeps its own) [default: 4096].
     #[arg(long)]
     cache_mib: Option<u64>,
     /// Another store root serving the same chunks (repeatable).

@@ -17,7 +17,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use cache::CacheStore;
+pub use cache::{cached_copy, CacheStore, PlainCopy};
 pub use dir::DirStore;
 pub use http::{FetchFailure, HttpConfig, HttpError, HttpStore, MirrorStats};
 pub use verify::{ChunkVerifier, FramedVerifier, VerifyingStore};
@@ -36,6 +36,8 @@ pub trait ChunkCheck: Sync {
 pub trait FrameCheck: Sync {
     /// The stored bytes wanted (a run of whole frames).
     fn stored_range(&self) -> Range<u64>;
+    /// Where the wanted frames' plain bytes start in the chunk.
+    fn plain_start(&self, chunk: &ChunkRef) -> u64;
     /// The verified plain content of the wanted frames, from stored bytes
     /// starting `at` bytes into the object (the wanted range, or the whole
     /// object from a source that cannot serve ranges).
@@ -61,10 +63,10 @@ pub trait ChunkStore: Send + Sync + fmt::Debug {
         true
     }
 
-    /// A local file that holds (or held) `chunk`'s plain content, if this
-    /// store keeps one: the reader takes small pieces of it directly. Its
-    /// content is not trusted; the reader checks every piece it reads.
-    fn plain_file(&self, _chunk: &ChunkRef) -> Option<PathBuf> {
+    /// A local plain copy of (some of) `chunk`, if this store keeps one:
+    /// the reader takes small pieces of it directly. Its content is not
+    /// trusted; the reader checks every piece it reads.
+    fn plain_copy(&self, _chunk: &ChunkRef) -> Option<PlainCopy> {
         None
     }
 }
@@ -86,8 +88,8 @@ impl<S: ChunkStore + ?Sized> ChunkStore for Box<S> {
         (**self).ranges_pay()
     }
 
-    fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
-        (**self).plain_file(chunk)
+    fn plain_copy(&self, chunk: &ChunkRef) -> Option<PlainCopy> {
+        (**self).plain_copy(chunk)
     }
 }
 
@@ -108,8 +110,8 @@ impl<S: ChunkStore + ?Sized> ChunkStore for Arc<S> {
         (**self).ranges_pay()
     }
 
-    fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
-        (**self).plain_file(chunk)
+    fn plain_copy(&self, chunk: &ChunkRef) -> Option<PlainCopy> {
+        (**self).plain_copy(chunk)
     }
 }
 
@@ -139,10 +141,10 @@ impl<A: ChunkStore, B: ChunkStore> ChunkStore for Fallback<A, B> {
         }
     }
 
-    fn plain_file(&self, chunk: &ChunkRef) -> Option<PathBuf> {
+    fn plain_copy(&self, chunk: &ChunkRef) -> Option<PlainCopy> {
         self.primary
-            .plain_file(chunk)
-            .or_else(|| self.fallback.plain_file(chunk))
+            .plain_copy(chunk)
+            .or_else(|| self.fallback.plain_copy(chunk))
     }
 
     fn fetch_frames(

@@ -39,6 +39,10 @@ impl FrameCheck for FrameRun<'_> {
         self.frames.stored_range(self.wanted.clone())
     }
 
+    fn plain_start(&self, chunk: &ChunkRef) -> u64 {
+        (self.wanted.start as u64) << chunk.frame_shift.unwrap_or(0)
+    }
+
     fn check(&self, chunk: &ChunkRef, at: u64, stored: &[u8]) -> Result<Vec<u8>, ChunkError> {
         chunk::decode_frames_verified(chunk, self.frames, self.wanted.clone(), at, stored)
     }
@@ -102,7 +106,7 @@ impl<S: ChunkStore> VerifyingStore<S> {
 
     /// Where the inner store keeps `chunk`'s plain content locally
     /// (unverified), if it does.
-    pub fn plain_file(&self, chunk: &ChunkRef) -> Option<std::path::PathBuf> {
-        self.inner.plain_file(chunk)
+    pub fn plain_copy(&self, chunk: &ChunkRef) -> Option<super::PlainCopy> {
+        self.inner.plain_copy(chunk)
     }
 }

@@ -74,7 +74,18 @@ console_of() { guest_console "$1"; }
 checks_done() { grep -q 'circ-guest: disk checks done' "$(console_of "$1")"; }
 # guest_sums NAME: the guest's `circ-check` lines, without the prefix.
 guest_sums() { sed -n 's/^circ-check: //p' "$(console_of "$1")" | tr -d '\r'; }
-cache_bytes() { du -sb "$cache/chunks" 2>/dev/null | cut -f1; }
+# The cache's pack files are sparse: what is allocated is what it holds.
+cache_bytes() { du -s --block-size=1 -c "$cache"/pack-*.data 2>/dev/null | awk 'END { print $1 + 0 }'; }
+# cached_ids: the chunks in the cache's tables (64-byte entries after a
+# 4 KiB header: byte 0 is 1 for a slot in use, bytes 8-27 the chunk's SHA-1).
+cached_ids() {
+    local table
+    for table in "$cache"/pack-*.table; do
+        [ -f "$table" ] || continue
+        od -A n -v -t x1 -w64 -j 4096 "$table" |
+            awk '$1 == "01" { id = ""; for (i = 9; i <= 28; i++) id = id $i; print id }'
+    done
+}
 
 # boot_guest NAME INDEX_URL: boots a PV guest on that disk and waits for its checks.
 boot_guest() {
@@ -96,10 +107,10 @@ check "physical-device is the nbd device (major 43 = 0x2b)" \
     sh -c "xenstore-read $be/physical-device | grep -q '^2b:'"
 check_eq "backend reads params = the index URL" "$url" "$(xenstore-read "$be/params")"
 # The cache holds decoded chunks; what crossed the network is their stored
-# (compressed) copies (format 2: plus the frames fetched alone by small
-# reads, which the cache does not keep yet).
+# (compressed) copies (format 2: chunks of which only the frames small
+# reads fetched are cached count whole here).
 fetched_bytes() {
-    find "$cache/chunks" -name '*.raw' -printf '%f\n' | sed 's/\.raw$//' |
+    cached_ids |
         while read -r id; do stat -c %s "$store/chunks/${id:0:2}/$id".*; done |
         awk '{ s += $1 } END { print s + 0 }'
 }
@@ -159,7 +170,7 @@ decoded=$(circ cas cat "$work/wrong-store/indexes/wrong.cidx" --pubkey "$work/ke
 check_eq "that frame decompresses to the changed chunk" "$(sha1sum <"$work/wrong.plain" | cut -d' ' -f1)" "$decoded"
 check "whose SHA-1 is not the name $wrong_id" test "$decoded" != "$wrong_id"
 cp "$wrong_frame" "$wrong_file"
-rm -rf "$cache/chunks"
+rm -f "$cache"/pack-*
 # The cache is empty again but keeps boot 1's list: this boot prefetches it.
 check "guest cas-2 boots on the corrupted store" boot_guest cas-2 "$url"
 guest_sums cas-2 >"$LAB_OUT/cas-2-guest.txt"
