@@ -36,6 +36,12 @@ struct Args {
     /// `int $0x81` then gets SIGSEGV, as in any unregistered process.
     #[arg(long)]
     unregistered: bool,
+    /// PROGRAM is sealed (CTS1, from `circ tsys deploy`) with this file id
+    /// (16 hex digits, the package's `file_id`): read it through Xen's sealed
+    /// I/O with the key dom0 attached to the token (`circ tsys rollin`), so
+    /// its plaintext exists only in this registered process.
+    #[arg(long, value_name = "FILE_ID", value_parser = parse_file_id, conflicts_with = "unregistered")]
+    sealed: Option<u64>,
     /// The program's `argv[0]` (by default PROGRAM as given).
     #[arg(long, value_name = "NAME")]
     argv0: Option<OsString>,
@@ -55,23 +61,32 @@ const MIN_STACK: u64 = 1 << 20;
 const MAX_STACK: u64 = 64 << 20;
 const DEFAULT_STACK: u64 = 8 << 20;
 
+fn parse_file_id(text: &str) -> Result<u64, String> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("a file id is 16 hex digits: {e}"))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let fail = |code: u8, err: anyhow::Error| {
         eprintln!("circ-tsys-launch: {err:#}");
         ExitCode::from(code)
     };
-    let file = match std::fs::read(&args.program) {
+    let read = match args.sealed {
+        Some(file_id) => read_sealed(&args, file_id),
+        None => std::fs::read(&args.program).map_err(|e| (e, None)),
+    };
+    let file = match read {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err((e, _)) if e.kind() == std::io::ErrorKind::NotFound => {
             return fail(
                 EXIT_NOT_FOUND,
                 anyhow::anyhow!("{}: no such file", args.program.display()),
             )
         }
-        Err(e) => {
+        Err((e, code)) => {
             return fail(
-                EXIT_CANNOT_LOAD,
+                code.unwrap_or(EXIT_CANNOT_LOAD),
                 anyhow::Error::new(e).context(format!("cannot read {}", args.program.display())),
             )
         }
@@ -88,7 +103,7 @@ fn main() -> ExitCode {
             )
         }
     };
-    if !args.unregistered {
+    if !args.unregistered && args.sealed.is_none() {
         let token = match read_token(&args) {
             Ok(token) => token,
             Err(e) => return fail(EXIT_LAUNCHER, e),
@@ -101,6 +116,21 @@ fn main() -> ExitCode {
         Ok(never) => match never {},
         Err(e) => fail(EXIT_CANNOT_LOAD, e),
     }
+}
+
+/// `--sealed`: registers first (the key comes with the token), then reads
+/// the program through Xen. The error carries the exit status when it is not
+/// "cannot load".
+fn read_sealed(args: &Args, file_id: u64) -> Result<Vec<u8>, (std::io::Error, Option<u8>)> {
+    let launcher =
+        |e: anyhow::Error| (std::io::Error::other(format!("{e:#}")), Some(EXIT_LAUNCHER));
+    let file = std::fs::File::open(&args.program).map_err(|e| (e, None))?;
+    let token = read_token(args).map_err(launcher)?;
+    sys::register(&token)
+        .and_then(|()| sys::check_forwarded())
+        .map_err(|e| launcher(e.into()))?;
+    sys::read_sealed(&file, file_id)
+        .map_err(|e| (std::io::Error::other(format!("sealed read: {e}")), None))
 }
 
 /// The token from `--token-file`, or from xenstore (removed once read, so

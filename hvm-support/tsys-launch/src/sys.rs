@@ -1,4 +1,5 @@
-//! The launcher's unsafe part, all of it: the two `int $0x81` calls, the
+//! The launcher's unsafe part, all of it: the `int $0x81` calls (the
+//! registration, its check, and the sealed read of a deployed program), the
 //! mappings of the program and its stack, the signal dispositions, and the
 //! jump to the program's entry point.
 
@@ -26,6 +27,13 @@ pub enum SysError {
          forwarded as a registered process's"
     )]
     NotForwarded { got: i64, want: i64 },
+    #[error(
+        "this registration has no key: dom0 attaches one with the token (`circ tsys rollin`, \
+         xen-patches/0004)"
+    )]
+    NoKey,
+    #[error("a sealed program is a whole number of 4144-byte CTS1 blocks, not {0} bytes")]
+    NotSealed(u64),
     #[error(
         "the program's pages {start:#x}..{end:#x} are already mapped (by the launcher itself?)"
     )]
@@ -115,6 +123,134 @@ pub fn register(token: &Token) -> Result<(), SysError> {
         return Err(SysError::Unexpected(rax));
     }
     Ok(())
+}
+
+/// xen-patches/0004: seal an fd (`rdi` fd, `rsi` file id, `rdx` 1/0) and
+/// declare the exchange window (`rdi` start, `rsi` length).
+const TSYS_OP_SEAL: u64 = 0x7473_7973_0000_0003;
+const TSYS_OP_WINDOW: u64 = 0x7473_7973_0000_0004;
+/// CTS1: a stored block and the plaintext it holds; Xen moves at most 16
+/// blocks per call.
+const CTS1_STORED: u64 = 4144;
+const CTS1_BLOCK: u64 = 4096;
+const SEAL_BLOCKS: u64 = 16;
+/// Linux's ENOKEY: sealing without a key from dom0.
+const ENOKEY: i64 = 126;
+
+/// A system call (or a Xen op) through `int $0x81` with up to four
+/// arguments; the raw result (-errno on failure).
+///
+/// # Safety
+/// The arguments must be valid for the call: any pointer among them must
+/// name memory the call may read or write, alive for the call.
+unsafe fn int81(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: the caller's; the system-call ABI: rax in and out, rcx and r11
+    // clobbered, memory the arguments name may change.
+    unsafe {
+        asm!(
+            "int 0x81",
+            inlateout("rax") nr as i64 => ret,
+            in("rdi") a1,
+            in("rsi") a2,
+            in("rdx") a3,
+            in("r10") a4,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+fn sealed_error(what: &'static str, ret: i64) -> SysError {
+    if ret == -ENOKEY {
+        return SysError::NoKey;
+    }
+    SysError::Os {
+        what,
+        source: io::Error::from_raw_os_error(i32::try_from(-ret).unwrap_or(libc::EIO)),
+    }
+}
+
+/// Reads a CTS1 file (`circ tsys deploy`) through Xen's sealed I/O
+/// (xen-patches/0004): this registered process must hold the key dom0
+/// attached to its token (`circ tsys rollin`). Xen opens every block into
+/// the returned buffer; the guest kernel only ever moves ciphertext, so the
+/// plaintext exists in this address space alone.
+pub fn read_sealed(file: &std::fs::File, file_id: u64) -> Result<Vec<u8>, SysError> {
+    use std::os::fd::AsRawFd as _;
+
+    let stored = file
+        .metadata()
+        .map_err(|source| SysError::Os {
+            what: "cannot stat the sealed program",
+            source,
+        })?
+        .len();
+    if stored == 0 || stored % CTS1_STORED != 0 {
+        return Err(SysError::NotSealed(stored));
+    }
+    let plain_max = stored / CTS1_STORED * CTS1_BLOCK;
+    // Both written through, so every page is present: Xen copies the
+    // plaintext in at the call's return and cannot fault a page in.
+    let window = vec![0xa5u8; (SEAL_BLOCKS * CTS1_STORED) as usize];
+    let mut plain = vec![0xa5u8; plain_max as usize];
+    let fd = file.as_raw_fd() as u64;
+    // SAFETY: the window is a live heap buffer of that length; it stays
+    // alive and unmoved until the window is withdrawn below, and the kernel
+    // and Xen write it only during the sealed calls in between.
+    let ret = unsafe {
+        int81(
+            TSYS_OP_WINDOW,
+            window.as_ptr() as u64,
+            window.len() as u64,
+            0,
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(sealed_error("Xen refused the exchange window", ret));
+    }
+    // SAFETY: no pointer: an fd and a file id.
+    let ret = unsafe { int81(TSYS_OP_SEAL, fd, file_id, 1, 0) };
+    let mut result = if ret != 0 {
+        Err(sealed_error("Xen refused to seal the program's fd", ret))
+    } else {
+        Ok(0u64)
+    };
+    while let Ok(done) = result {
+        if done >= plain_max {
+            break;
+        }
+        let want = (plain_max - done).min(SEAL_BLOCKS * CTS1_BLOCK);
+        // SAFETY: pread64 into plain[done..done + want], inside the buffer.
+        let ret = unsafe {
+            int81(
+                libc::SYS_pread64 as u64,
+                fd,
+                plain.as_mut_ptr() as u64 + done,
+                want,
+                done,
+            )
+        };
+        result = match ret {
+            r if r < 0 => Err(sealed_error("Xen's sealed read of the program failed", r)),
+            0 => break,
+            r => Ok(done + r as u64),
+        };
+        if matches!(result, Ok(d) if d - done < want) {
+            break;
+        }
+    }
+    // SAFETY: no pointers: unseal the fd, withdraw the window.
+    unsafe {
+        int81(TSYS_OP_SEAL, fd, 0, 0, 0);
+        int81(TSYS_OP_WINDOW, 0, 0, 0, 0);
+    }
+    let len = result?;
+    plain.truncate(len as usize);
+    Ok(plain)
 }
 
 /// Checks the registration holds: `getpid` through `int $0x81`, which only

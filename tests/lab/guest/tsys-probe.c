@@ -1326,6 +1326,27 @@ static void package_checks(void)
               run_sh("busybox sha256sum /tmp/pkg.plain | grep -q '^%s '", sha) == 0,
           "sha256 of what Xen decrypted with k1 from the TPM against dom0's %.16s...: %s", sha,
           describe(status));
+
+    /*
+     * Rolled in again: the launcher reads the application from its
+     * ciphertext through Xen and runs it; it writes a secret file sealed by
+     * Xen under k1 and reads it back.
+     */
+    xs_write("data/tsys/state", "want-launch");
+    status = run_sh(LAUNCHER " --wait 300 --sealed %016llx /tmp/pkg.cts1 /tmp/app-secret "
+                    ">/tmp/app.out 2>&1",
+                    file_id);
+    check("deployed-app-runs-from-ciphertext",
+          status == 0 && run_sh("grep -q 'read back intact' /tmp/app.out") == 0,
+          "circ-tsys-launch --sealed ... /tmp/pkg.cts1: exit %d", status);
+    if (status != 0)
+        run_sh("sed 's/^/circ-tsys: app /' /tmp/app.out");
+    check("deployed-app-secret-file-sealed",
+          run_sh("test $(wc -c </tmp/app-secret) -eq %d && "
+                 "! grep -q CIRC-DEPLOYED /tmp/app-secret && head -c 4 /tmp/app-secret | grep -q CTS1",
+                 2 * SEAL_STORED) == 0,
+          "the application's secret file, read untrusted: 2 CTS1 blocks, no plaintext");
+    xs_write("data/tsys/state", "launched");
 }
 
 /* --- scripts/bench tsys ------------------------------------------------------ */

@@ -106,16 +106,20 @@ else
         '.[0].processes | length == 1 and (.[0] | .keyed and .sealed_fds == 1 and .sealed_blocks == 3 and .seal_refused == 5)'
     xenstore-write "$(node go-seal)" 1
 
-    # Keys from dom0's TPM (issue 11, circ-keyd): an application deployed
-    # under k1 bound to this host's TPM, rolled out (k1 sealed to PCRs 14,
-    # 15), its ciphertext handed to the guest through xenstore, rolled in
-    # (k1 unsealed and given to Xen with a token). The guest's registered
-    # process must decrypt it through Xen to what was deployed.
+    # Keys from dom0's TPM (issue 11, circ-keyd): an application
+    # (circ-tsys-sealapp) rewritten and deployed under k1 bound to this
+    # host's TPM, rolled out (k1 sealed to PCRs 14, 15), its ciphertext
+    # handed to the guest through xenstore, rolled in (k1 unsealed and given
+    # to Xen with a token). The guest's registered process must decrypt it
+    # through Xen to what was deployed; rolled in again, the launcher runs it
+    # from the ciphertext, and it writes and reads a secret file sealed by
+    # Xen under k1.
     # The state (the TPM-wrapped bind key) in $LAB_OUT: the host half migrates
     # the package from this TPM (its state, after the run) to a second one.
     export CIRC_STATE_DIR="$LAB_OUT/circ-state" CIRC_MEASURE_LOG="$LAB_OUT/tsys-measurements.log"
     mkdir -p "$CIRC_STATE_DIR"
-    head -c 5000 /dev/urandom >"$LAB_OUT/app.bin"
+    check "circ tsys rewrite the application" \
+        circ tsys rewrite /lab/bin/circ-tsys-sealapp --output "$LAB_OUT/app.bin"
     check "circ tsys host-key (a bind key in dom0's TPM)" \
         circ tsys host-key --out "$LAB_OUT/host.pem"
     check "circ tsys deploy (k1 bound to that key)" \
@@ -130,17 +134,22 @@ else
         hex=${hex:4000}
         chunks=$((chunks + 1))
     done
-    xenstore-write "$(node pkg/chunks)" "$chunks" "$(node pkg/len)" 5000 \
+    xenstore-write "$(node pkg/chunks)" "$chunks" "$(node pkg/len)" "$(stat -c %s "$LAB_OUT/app.bin")" \
         "$(node pkg/file-id)" "$(sed -n 's/^file_id = "\(.*\)"$/\1/p' "$LAB_OUT/rolled/app.toml")" \
         "$(node pkg/sha256)" "$(sha256sum <"$LAB_OUT/app.bin" | cut -d' ' -f1)"
     check "circ tsys rollin (k1 unsealed, loaded into Xen for one registration)" \
         circ tsys rollin "$LAB_OUT/rolled/app.toml" --domain "$dom"
+    check "the launcher asks for a token to run the application" \
+        wait_for 300 guest_node_is state want-launch
+    check "circ tsys rollin again, for the launcher" \
+        circ tsys rollin "$LAB_OUT/rolled/app.toml" --domain "$dom"
+    check "the probe is done with the application" wait_for 300 guest_node_is state launched
     check "a changed measurement goes into PCR 14" \
         circ measure file "$LAB_OUT/app.bin" --description "tsys: a measured file"
     check "circ tsys rollin is then refused (exit 3), naming PCR 14" sh -c \
         "circ tsys rollin '$LAB_OUT/rolled/app.toml' --domain $dom 2>'$LAB_OUT/rollin-refused.err'
          [ \$? -eq 3 ] && grep -q 'PCR 14' '$LAB_OUT/rollin-refused.err'"
-    expected_guest_checks=47
+    expected_guest_checks=49
 fi
 
 check "the guest's probe finishes" wait_for 300 probe_said "done"

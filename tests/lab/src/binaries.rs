@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{LabError, Result};
 
-/// Copied into dom0's `/lab/bin`: the CLI and the daemons.
-pub const DOM0_BINARIES: &[&str] = &["circ", "circ-memshare"];
+/// Copied into dom0's `/lab/bin`: the CLI, the daemons, and the application
+/// the `tsys` scenario rewrites and deploys (static, for the guest in the end).
+pub const DOM0_BINARIES: &[&str] = &["circ", "circ-memshare", "circ-tsys-sealapp"];
 
 /// Go into the test guests' initrd (`/bin`) instead; the guest init starts
 /// `circ-guest-agent`, and `circ-tsys-probe` when the kernel command line
